@@ -1,0 +1,1 @@
+"""Corral's runnable parts: nameko services, the worker, the pool and the command line."""

@@ -1,0 +1,104 @@
+"""Which queued tasks to release to which idle workers: band, priority, fairness, age (no I/O)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Iterable, Mapping, Sequence
+
+
+@dataclass(frozen=True)
+class IdleWorker:
+    """A live worker with nothing running, as the scheduler sees it."""
+
+    worker_id: str
+    pool: str
+    bands: frozenset[str]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A ready task, in the order the store returned it (head, then priority, then age)."""
+
+    task_id: int
+    attempt: int
+    user: str
+    priority: int
+    head: bool
+
+
+@dataclass(frozen=True)
+class Release:
+    """One decision: publish this task's message to its pool and band queue."""
+
+    task_id: int
+    attempt: int
+    pool: str
+    band: str
+    worker_id: str
+
+
+def absorb_dispatched(idle: Sequence[IdleWorker],
+                      dispatched: Iterable[tuple[str, str]]) -> list[IdleWorker]:
+    """Idle workers left once every message already in a queue has been matched to one.
+
+    A message waiting in corral.cpu.normal will be taken by some idle worker serving that band,
+    so that worker's capacity is already spoken for. Specialists (fewest bands) absorb first,
+    which keeps generalists free for the other bands.
+    """
+    free = list(idle)
+    for pool, band in dispatched:
+        servers = [w for w in free if w.pool == pool and band in w.bands]
+        if servers:
+            free.remove(min(servers, key=lambda w: (len(w.bands), w.worker_id)))
+    return free
+
+
+def choose_next(queue: Sequence[Candidate], running_by_user: Mapping[str, int]) -> Candidate:
+    """Among the tasks sharing the best (head, priority), the oldest of the least-served user."""
+    best = (queue[0].head, queue[0].priority)
+    group = [c for c in queue if (c.head, c.priority) == best]
+    return min(group, key=lambda c: (running_by_user.get(c.user, 0), c.task_id))
+
+
+def plan_release(idle: Sequence[IdleWorker],
+                 candidates: Mapping[tuple[str, str], Sequence[Candidate]],
+                 running_by_user: Mapping[str, int],
+                 bands_high_first: Sequence[str]) -> list[Release]:
+    """Match ready tasks to idle workers: highest band first, one task per idle worker."""
+    running: Counter[str] = Counter(running_by_user)
+    releases: list[Release] = []
+    for pool in sorted({w.pool for w in idle}):
+        free = [w for w in idle if w.pool == pool]
+        for band in bands_high_first:
+            queue = list(candidates.get((pool, band), ()))
+            while queue:
+                servers = [w for w in free if band in w.bands]
+                if not servers:
+                    break
+                pick = choose_next(queue, running)
+                queue.remove(pick)
+                worker = min(servers, key=lambda w: (len(w.bands), w.worker_id))
+                free.remove(worker)
+                running[pick.user] += 1
+                releases.append(Release(pick.task_id, pick.attempt, pool, band, worker.worker_id))
+    return releases
+
+
+def wanted_queues(idle: Sequence[IdleWorker]) -> dict[tuple[str, str], int]:
+    """How many idle workers could take a task from each (pool, band): the candidate fetch size."""
+    wanted: Counter[tuple[str, str]] = Counter()
+    for worker in idle:
+        for band in worker.bands:
+            wanted[(worker.pool, band)] += 1
+    return dict(wanted)
+
+
+def should_retry(failures: int, max_attempts: int, exit_code: int | None,
+                 retry_exit_codes: Sequence[int] | None) -> bool:
+    """Whether a failed attempt is tried again under its retry policy."""
+    if failures >= max_attempts:
+        return False
+    if retry_exit_codes is None:
+        return True
+    return exit_code is not None and exit_code in retry_exit_codes

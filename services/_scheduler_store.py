@@ -1,0 +1,569 @@
+"""The scheduler's own tables (jobs, tasks, attempts) and every state change on them, without nameko.
+
+Each function that changes state runs in one transaction and returns the events to emit once it
+has committed. Every one is safe to run twice: RPC requests are redelivered when a service dies
+between doing the work and acknowledging the request.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Iterable, Sequence
+
+from sqlalchemy import Index, func, select, update
+from sqlalchemy.orm import Session, registry
+from sqlmodel import Field, SQLModel
+
+from services._dispatch import Candidate, IdleWorker, Release, absorb_dispatched, plan_release, \
+    should_retry, wanted_queues
+from shared import events
+from shared.db import Store
+from shared.errors import InvalidState, NotFound, StaleLease
+from shared.spec import JobPlan
+
+
+class SchedulerTable(SQLModel, registry=registry()):
+    """Base of the scheduler's tables: their own metadata, created in the scheduler's database."""
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class TaskState(StrEnum):
+    QUEUED = "queued"          # ready; waiting for an idle worker
+    DISPATCHED = "dispatched"  # its message is in a band queue
+    RUNNING = "running"        # claimed under a lease
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class AttemptState(StrEnum):
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    LOST = "lost"              # the worker stopped renewing its lease: not charged to retries
+    HANDED_BACK = "handed_back"
+    CANCELLED = "cancelled"
+
+
+FINAL_TASK_STATES = (TaskState.DONE, TaskState.FAILED, TaskState.CANCELLED)
+
+
+class Job(SchedulerTable, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    name: str
+    user: str = Field(index=True)
+    pool: str
+    priority: int
+    band: str
+    state: str = Field(default=JobState.QUEUED, index=True)
+    task_count: int = 0
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+
+
+class Task(SchedulerTable, table=True):
+    __table_args__ = (
+        Index("ix_task_release", "state", "pool", "band", "head", "priority", "id"),
+        Index("ix_task_lease", "state", "lease_expires_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: int = Field(index=True, foreign_key="job.id")
+    index: int
+    name: str
+    user: str
+    pool: str
+    band: str
+    priority: int
+    state: str = Field(default=TaskState.QUEUED)
+    command: str            # JSON argv list
+    shell: bool = False
+    env: str = "{}"          # JSON object
+    cwd: str | None = None
+    timeout: float | None = None
+    max_attempts: int = 1
+    retry_delay: float = 0.0
+    retry_exit_codes: str | None = None   # JSON list, or NULL for any failure
+    attempt: int = 1          # dispatch number: the identity of the current message
+    failures: int = 0         # attempts charged to the retry budget
+    head: bool = False        # put back after an infrastructure loss: first in its band
+    ready_at: float = 0.0
+    worker_id: str | None = Field(default=None, index=True)
+    host: str | None = None
+    lease_token: str | None = None
+    lease_expires_at: float | None = None
+    dispatched_at: float | None = None
+    progress: int = 0
+    exit_code: int | None = None
+    result: str | None = None  # JSON
+    reason: str | None = None
+    log_tail: str | None = None
+    log_path: str | None = None
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+
+
+class Attempt(SchedulerTable, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    task_id: int = Field(index=True, foreign_key="task.id")
+    number: int
+    worker_id: str
+    host: str | None = None
+    lease_token: str = Field(index=True)
+    state: str = AttemptState.RUNNING
+    started_at: float
+    finished_at: float | None = None
+    exit_code: int | None = None
+    reason: str | None = None
+    log_path: str | None = None
+
+
+@dataclass
+class Outcome:
+    """What a state change returns: a JSON-able reply and the events to emit after commit."""
+
+    reply: dict[str, Any]
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+
+def _job_dict(job: Job, counts: dict[str, int] | None = None) -> dict[str, Any]:
+    data = job.model_dump(mode="json")
+    if counts is not None:
+        data["counts"] = counts
+    return data
+
+
+def _task_dict(task: Task) -> dict[str, Any]:
+    data = task.model_dump(mode="json", exclude={"lease_token"})
+    data["command"] = json.loads(task.command)
+    data["env"] = json.loads(task.env)
+    data["retry_exit_codes"] = json.loads(task.retry_exit_codes) if task.retry_exit_codes else None
+    data["result"] = json.loads(task.result) if task.result is not None else None
+    return data
+
+
+def _get_task(session: Session, task_id: int) -> Task:
+    task = session.get(Task, task_id)
+    if task is None:
+        raise NotFound(f"task {task_id} does not exist")
+    return task
+
+
+def _get_job(session: Session, job_id: int) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise NotFound(f"job {job_id} does not exist")
+    return job
+
+
+def job_counts(session: Session, job_ids: Sequence[int]) -> dict[int, dict[str, int]]:
+    counts: dict[int, dict[str, int]] = {job_id: {} for job_id in job_ids}
+    if not job_ids:
+        return counts
+    rows = session.execute(
+        select(Task.job_id, Task.state, func.count()).where(Task.job_id.in_(job_ids))
+        .group_by(Task.job_id, Task.state))
+    for job_id, state, count in rows:
+        counts[job_id][state] = count
+    return counts
+
+
+# --- submit -------------------------------------------------------------------------------------
+
+def submit_job(store: Store, plan: JobPlan) -> Outcome:
+    """Write the job and all its tasks in one transaction."""
+    with store.write() as session:
+        now = store.now(session)
+        job = Job(name=plan.name, user=plan.user, pool=plan.pool, priority=plan.priority,
+                  band=plan.band, task_count=len(plan.tasks), created_at=now)
+        session.add(job)
+        session.flush()
+        assert job.id is not None
+        rows = [{
+            "job_id": job.id, "index": t.index, "name": t.name, "user": plan.user,
+            "pool": plan.pool, "band": plan.band, "priority": plan.priority,
+            "state": TaskState.QUEUED, "command": json.dumps(t.command), "shell": t.shell,
+            "env": json.dumps(t.env), "cwd": t.cwd, "timeout": t.timeout,
+            "max_attempts": t.max_attempts, "retry_delay": t.retry_delay,
+            "retry_exit_codes": (json.dumps(t.retry_exit_codes)
+                                 if t.retry_exit_codes is not None else None),
+            "attempt": 1, "failures": 0, "head": False, "ready_at": now, "progress": 0,
+            "created_at": now,
+        } for t in plan.tasks]
+        session.execute(Task.__table__.insert(), rows)  # type: ignore[attr-defined]
+        reply = _job_dict(job)
+    return Outcome(reply, [(events.JOB_SUBMITTED, {
+        "job_id": reply["id"], "user": plan.user, "pool": plan.pool, "task_count": len(rows)})])
+
+
+# --- release ------------------------------------------------------------------------------------
+
+def plan_next_releases(store: Store, workers: Iterable[IdleWorker],
+                       bands_high_first: Sequence[str], fairness_window: int = 200) -> list[Release]:
+    """Choose the tasks to publish now, one per idle worker that serves their pool and band."""
+    with store.read() as session:
+        now = store.now(session)
+        busy = set(session.scalars(select(Task.worker_id).where(Task.state == TaskState.RUNNING)))
+        idle = [w for w in workers if w.worker_id not in busy]
+        if not idle:
+            return []
+        dispatched = session.execute(
+            select(Task.pool, Task.band).where(Task.state == TaskState.DISPATCHED)).all()
+        idle = absorb_dispatched(idle, [(pool, band) for pool, band in dispatched])
+        if not idle:
+            return []
+        candidates: dict[tuple[str, str], list[Candidate]] = {}
+        for (pool, band), slots in wanted_queues(idle).items():
+            rows = session.execute(
+                select(Task.id, Task.attempt, Task.user, Task.priority, Task.head)
+                .where(Task.state == TaskState.QUEUED, Task.pool == pool, Task.band == band,
+                       Task.ready_at <= now)
+                .order_by(Task.head.desc(), Task.priority.desc(), Task.id)  # type: ignore[attr-defined]
+                .limit(slots + fairness_window))
+            candidates[(pool, band)] = [Candidate(r[0], r[1], r[2], r[3], bool(r[4])) for r in rows]
+        if not any(candidates.values()):
+            return []
+        running_by_user = dict(session.execute(
+            select(Task.user, func.count())
+            .where(Task.state.in_([TaskState.RUNNING, TaskState.DISPATCHED]))  # type: ignore[attr-defined]
+            .group_by(Task.user)).all())
+    return plan_release(idle, candidates, running_by_user, bands_high_first)
+
+
+def mark_dispatched(store: Store, releases: Sequence[Release]) -> None:
+    """Record that these messages are in their queues (only tasks still waiting for one)."""
+    if not releases:
+        return
+    with store.write() as session:
+        now = store.now(session)
+        for release in releases:
+            session.execute(
+                update(Task)
+                .where(Task.id == release.task_id, Task.attempt == release.attempt,
+                       Task.state == TaskState.QUEUED)
+                .values(state=TaskState.DISPATCHED, dispatched_at=now))
+
+
+def stale_dispatches(store: Store, older_than: float) -> list[Release]:
+    """Messages published long ago and never claimed: publish them again (a duplicate is harmless)."""
+    with store.write() as session:
+        now = store.now(session)
+        rows = session.execute(
+            select(Task.id, Task.attempt, Task.pool, Task.band)
+            .where(Task.state == TaskState.DISPATCHED, Task.dispatched_at < now - older_than)
+            .limit(1000)).all()
+        if rows:
+            session.execute(update(Task).where(Task.id.in_([r[0] for r in rows]))  # type: ignore[attr-defined]
+                            .values(dispatched_at=now))
+    return [Release(r[0], r[1], r[2], r[3], "") for r in rows]
+
+
+# --- claim, renew, finish -----------------------------------------------------------------------
+
+def _run_payload(task: Task, lease_seconds: float) -> dict[str, Any]:
+    return {
+        "status": "claimed", "task_id": task.id, "job_id": task.job_id, "attempt": task.attempt,
+        "lease_token": task.lease_token, "lease_seconds": lease_seconds, "name": task.name,
+        "command": json.loads(task.command), "shell": task.shell, "env": json.loads(task.env),
+        "cwd": task.cwd, "timeout": task.timeout,
+    }
+
+
+def claim_task(store: Store, task_id: int, attempt: int, worker_id: str, host: str | None,
+               lease_seconds: float) -> Outcome:
+    """Move a dispatched task to RUNNING under a new lease, or answer "stale" for old messages."""
+    with store.write() as session:
+        now = store.now(session)
+        task = session.get(Task, task_id)
+        if task is None or task.attempt != attempt:
+            return Outcome({"status": "stale", "task_id": task_id})
+        if task.state == TaskState.RUNNING:
+            if task.worker_id == worker_id:
+                # The same worker asking again (its first reply was lost): same lease, renewed.
+                task.lease_expires_at = now + lease_seconds
+                return Outcome(_run_payload(task, lease_seconds))
+            return Outcome({"status": "stale", "task_id": task_id})
+        if task.state not in (TaskState.QUEUED, TaskState.DISPATCHED):
+            return Outcome({"status": "stale", "task_id": task_id})
+        token = uuid.uuid4().hex
+        claimed = session.execute(
+            update(Task)
+            .where(Task.id == task_id, Task.attempt == attempt,
+                   Task.state.in_([TaskState.QUEUED, TaskState.DISPATCHED]))  # type: ignore[attr-defined]
+            .values(state=TaskState.RUNNING, worker_id=worker_id, host=host, lease_token=token,
+                    lease_expires_at=now + lease_seconds, started_at=now, head=False,
+                    progress=0)).rowcount
+        if claimed != 1:
+            return Outcome({"status": "stale", "task_id": task_id})
+        session.refresh(task)
+        session.add(Attempt(task_id=task_id, number=attempt, worker_id=worker_id, host=host,
+                            lease_token=token, started_at=now))
+        job = session.get(Job, task.job_id)
+        if job is not None and job.state == JobState.QUEUED:
+            job.state = JobState.RUNNING
+            job.started_at = now
+        payload = _run_payload(task, lease_seconds)
+    return Outcome(payload, [(events.TASK_STARTED, {
+        "task_id": task_id, "job_id": payload["job_id"], "attempt": attempt,
+        "worker_id": worker_id, "host": host})])
+
+
+def renew_lease(store: Store, task_id: int, lease_token: str, progress: int | None,
+                lease_seconds: float) -> Outcome:
+    """Extend a running task's lease (the worker's heartbeat), recording its progress."""
+    with store.write() as session:
+        now = store.now(session)
+        task = _get_task(session, task_id)
+        if task.state != TaskState.RUNNING or task.lease_token != lease_token:
+            raise StaleLease(f"task {task_id}: lease {lease_token} is no longer current "
+                             f"(task is {task.state})")
+        task.lease_expires_at = now + lease_seconds
+        emitted = []
+        if progress is not None and progress != task.progress:
+            task.progress = max(0, min(100, int(progress)))
+            emitted.append((events.TASK_PROGRESSED, {
+                "task_id": task_id, "job_id": task.job_id, "progress": task.progress}))
+        return Outcome({"lease_seconds": lease_seconds, "lease_expires_at": task.lease_expires_at},
+                       emitted)
+
+
+def _finish_job_if_complete(session: Session, job_id: int,
+                            now: float) -> list[tuple[str, dict[str, Any]]]:
+    job = session.get(Job, job_id)
+    if job is None or job.state in (JobState.DONE, JobState.FAILED, JobState.CANCELLED):
+        return []
+    open_tasks = session.scalar(
+        select(func.count()).where(Task.job_id == job_id,
+                                   Task.state.notin_(FINAL_TASK_STATES)))  # type: ignore[attr-defined]
+    if open_tasks:
+        return []
+    failed = session.scalar(select(func.count()).where(
+        Task.job_id == job_id, Task.state == TaskState.FAILED))
+    job.state = JobState.FAILED if failed else JobState.DONE
+    job.finished_at = now
+    return [(events.JOB_FINISHED, {"job_id": job_id, "state": job.state, "user": job.user})]
+
+
+def finish_task(store: Store, task_id: int, lease_token: str, exit_code: int | None,
+                result: Any = None, reason: str | None = None, log_tail: str | None = None,
+                log_path: str | None = None) -> Outcome:
+    """Record an attempt's end: DONE, a retry under the task's policy, or FAILED with its reason."""
+    with store.write() as session:
+        now = store.now(session)
+        task = _get_task(session, task_id)
+        attempt = session.scalars(select(Attempt).where(
+            Attempt.task_id == task_id, Attempt.lease_token == lease_token)).first()
+        if task.state != TaskState.RUNNING or task.lease_token != lease_token:
+            if attempt is not None and attempt.state in (AttemptState.DONE, AttemptState.FAILED):
+                # A repeated report of an attempt already recorded: answer as the first time.
+                return Outcome({"task_id": task_id, "state": task.state, "duplicate": True})
+            raise StaleLease(f"task {task_id}: lease {lease_token} is no longer current "
+                             f"(task is {task.state})")
+        succeeded = exit_code == 0 and reason is None
+        why = None if succeeded else (reason or f"exited with code {exit_code}")
+        if attempt is not None:
+            attempt.state = AttemptState.DONE if succeeded else AttemptState.FAILED
+            attempt.finished_at = now
+            attempt.exit_code = exit_code
+            attempt.reason = why
+            attempt.log_path = log_path
+        task.exit_code = exit_code
+        task.log_path = log_path
+        task.lease_token = None
+        task.lease_expires_at = None
+        emitted: list[tuple[str, dict[str, Any]]] = []
+        base = {"task_id": task_id, "job_id": task.job_id, "attempt": task.attempt,
+                "worker_id": task.worker_id, "exit_code": exit_code}
+        if succeeded:
+            task.state = TaskState.DONE
+            task.progress = 100
+            task.result = json.dumps(result) if result is not None else None
+            task.reason = None
+            task.finished_at = now
+            emitted.append((events.TASK_FINISHED, {**base, "state": TaskState.DONE}))
+        else:
+            task.failures += 1
+            assert why is not None
+            codes = json.loads(task.retry_exit_codes) if task.retry_exit_codes else None
+            if should_retry(task.failures, task.max_attempts, exit_code, codes):
+                task.state = TaskState.QUEUED
+                task.attempt += 1
+                task.ready_at = now + task.retry_delay
+                task.reason = f"retrying after attempt {task.attempt - 1}: {why}"
+                task.worker_id = None
+                emitted.append((events.TASK_FAILED, {**base, "reason": why, "will_retry": True}))
+            else:
+                task.state = TaskState.FAILED
+                task.reason = why
+                task.log_tail = log_tail
+                task.finished_at = now
+                emitted.append((events.TASK_FAILED, {**base, "reason": why, "will_retry": False}))
+        emitted.extend(_finish_job_if_complete(session, task.job_id, now))
+        return Outcome({"task_id": task_id, "state": task.state}, emitted)
+
+
+def hand_back_task(store: Store, task_id: int, lease_token: str, reason: str) -> Outcome:
+    """A worker gives a claimed task back (draining, or no room): first in its band, not charged."""
+    with store.write() as session:
+        now = store.now(session)
+        task = _get_task(session, task_id)
+        if task.state != TaskState.RUNNING or task.lease_token != lease_token:
+            return Outcome({"task_id": task_id, "state": task.state, "duplicate": True})
+        _requeue_at_head(session, task, AttemptState.HANDED_BACK, reason, now)
+        return Outcome({"task_id": task_id, "state": task.state})
+
+
+def _requeue_at_head(session: Session, task: Task, attempt_state: AttemptState, reason: str,
+                     now: float) -> None:
+    attempt = session.scalars(select(Attempt).where(
+        Attempt.task_id == task.id, Attempt.lease_token == task.lease_token)).first()
+    if attempt is not None:
+        attempt.state = attempt_state
+        attempt.finished_at = now
+        attempt.reason = reason
+    task.state = TaskState.QUEUED
+    task.attempt += 1
+    task.head = True
+    task.ready_at = now
+    task.worker_id = None
+    task.lease_token = None
+    task.lease_expires_at = None
+    task.reason = reason
+
+
+def expire_leases(store: Store) -> list[dict[str, Any]]:
+    """Put every task whose lease ran out back at the head of its band; return what was lost."""
+    with store.write() as session:
+        now = store.now(session)
+        tasks = session.scalars(select(Task).where(
+            Task.state == TaskState.RUNNING, Task.lease_expires_at < now).limit(1000)).all()
+        lost = []
+        for task in tasks:
+            lost.append({"task_id": task.id, "worker_id": task.worker_id, "attempt": task.attempt})
+            _requeue_at_head(session, task, AttemptState.LOST,
+                             f"lease expired: worker {task.worker_id} stopped reporting", now)
+    return lost
+
+
+def extend_all_leases(store: Store, lease_seconds: float) -> int:
+    """At start-up, give running tasks one lease of grace to report in after our downtime."""
+    with store.write() as session:
+        now = store.now(session)
+        return int(session.execute(
+            update(Task).where(Task.state == TaskState.RUNNING)
+            .values(lease_expires_at=now + lease_seconds)).rowcount)
+
+
+# --- cancel -------------------------------------------------------------------------------------
+
+def _cancel_tasks(session: Session, tasks: Sequence[Task], now: float) -> list[dict[str, Any]]:
+    killed = []
+    for task in tasks:
+        if task.state in FINAL_TASK_STATES:
+            continue
+        if task.state == TaskState.RUNNING:
+            killed.append({"task_id": task.id, "job_id": task.job_id,
+                           "worker_id": task.worker_id})
+            attempt = session.scalars(select(Attempt).where(
+                Attempt.task_id == task.id, Attempt.lease_token == task.lease_token)).first()
+            if attempt is not None:
+                attempt.state = AttemptState.CANCELLED
+                attempt.finished_at = now
+                attempt.reason = "cancelled"
+        task.state = TaskState.CANCELLED
+        task.reason = "cancelled"
+        task.lease_token = None
+        task.lease_expires_at = None
+        task.finished_at = now
+    return killed
+
+
+def cancel_job(store: Store, job_id: int) -> Outcome:
+    with store.write() as session:
+        now = store.now(session)
+        job = _get_job(session, job_id)
+        if job.state in (JobState.DONE, JobState.FAILED, JobState.CANCELLED):
+            return Outcome({"job_id": job_id, "state": job.state, "cancelled_tasks": 0})
+        tasks = session.scalars(select(Task).where(
+            Task.job_id == job_id, Task.state.notin_(FINAL_TASK_STATES))).all()  # type: ignore[attr-defined]
+        killed = _cancel_tasks(session, tasks, now)
+        job.state = JobState.CANCELLED
+        job.finished_at = now
+        emitted = [(events.TASK_CANCELLED, k) for k in killed]
+        emitted.append((events.JOB_FINISHED, {"job_id": job_id, "state": job.state,
+                                              "user": job.user}))
+        return Outcome({"job_id": job_id, "state": job.state, "cancelled_tasks": len(tasks)},
+                       emitted)
+
+
+def cancel_task(store: Store, task_id: int) -> Outcome:
+    with store.write() as session:
+        now = store.now(session)
+        task = _get_task(session, task_id)
+        if task.state in FINAL_TASK_STATES:
+            raise InvalidState(f"task {task_id} is already {task.state}")
+        killed = _cancel_tasks(session, [task], now)
+        emitted: list[tuple[str, dict[str, Any]]] = [(events.TASK_CANCELLED, k) for k in killed]
+        emitted.extend(_finish_job_if_complete(session, task.job_id, now))
+        return Outcome({"task_id": task_id, "state": task.state}, emitted)
+
+
+# --- reads --------------------------------------------------------------------------------------
+
+def get_job(store: Store, job_id: int, task_limit: int = 1000) -> dict[str, Any]:
+    with store.read() as session:
+        job = _get_job(session, job_id)
+        counts = job_counts(session, [job_id])[job_id]
+        tasks = session.scalars(select(Task).where(Task.job_id == job_id)
+                                .order_by(Task.index).limit(task_limit)).all()  # type: ignore[arg-type]
+        data = _job_dict(job, counts)
+        data["tasks"] = [_task_dict(t) for t in tasks]
+        return data
+
+
+def get_task(store: Store, task_id: int) -> dict[str, Any]:
+    with store.read() as session:
+        task = _get_task(session, task_id)
+        attempts = session.scalars(select(Attempt).where(Attempt.task_id == task_id)
+                                   .order_by(Attempt.id)).all()  # type: ignore[arg-type]
+        data = _task_dict(task)
+        data["attempts"] = [a.model_dump(mode="json", exclude={"lease_token"}) for a in attempts]
+        return data
+
+
+def list_jobs(store: Store, state: str | None = None, user: str | None = None, page: int = 1,
+              page_size: int = 50) -> dict[str, Any]:
+    if page < 1 or not 1 <= page_size <= 1000:
+        raise InvalidState("page must be >= 1 and page_size between 1 and 1000")
+    with store.read() as session:
+        query = select(Job)
+        if state:
+            query = query.where(Job.state == state)
+        if user:
+            query = query.where(Job.user == user)
+        total = session.scalar(select(func.count()).select_from(query.subquery()))
+        jobs = session.scalars(query.order_by(Job.id.desc())  # type: ignore[union-attr]
+                               .offset((page - 1) * page_size).limit(page_size)).all()
+        counts = job_counts(session, [j.id for j in jobs if j.id is not None])
+        return {"jobs": [_job_dict(j, counts[j.id]) for j in jobs if j.id is not None],
+                "total": total, "page": page, "page_size": page_size}
+
+
+def running_on_workers(store: Store) -> dict[str, int]:
+    """worker id -> task id, for every running task."""
+    with store.read() as session:
+        rows = session.execute(select(Task.worker_id, Task.id).where(
+            Task.state == TaskState.RUNNING)).all()
+    return {worker: task for worker, task in rows if worker}

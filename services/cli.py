@@ -1,0 +1,345 @@
+"""The `corral` command: start the farm, run a worker, submit and watch jobs, list workers."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from shared.config import Settings, load_settings
+from shared.errors import BrokerUnreachable, ConfigError, CorralError
+
+app = typer.Typer(help="Corral: a render and compute farm manager.", no_args_is_help=True,
+                  add_completion=False)
+console = Console()
+err_console = Console(stderr=True)
+
+ConfigOption = typer.Option(None, "--config", "-c", envvar="CORRAL_CONFIG",
+                            help="Config file (default: deploy/config.yaml).")
+JsonOption = typer.Option(False, "--json", help="Print JSON instead of a table.")
+FINAL_JOB_STATES = ("done", "failed", "cancelled")
+
+
+def _settings(config: Optional[Path]) -> Settings:
+    try:
+        return load_settings(config)
+    except ConfigError as exc:
+        err_console.print(f"[red]config error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+def check_broker(amqp_uri: str) -> None:
+    """Raise BrokerUnreachable with advice when RabbitMQ does not answer."""
+    from kombu import Connection
+
+    try:
+        with Connection(amqp_uri, connect_timeout=3) as connection:
+            connection.ensure_connection(max_retries=1)
+    except Exception as exc:
+        safe_uri = amqp_uri.split("@")[-1]
+        raise BrokerUnreachable(
+            f"RabbitMQ is not reachable at {safe_uri} ({exc}).\n"
+            "Start it with `rabbitmq-server -detached` (or `sudo systemctl start rabbitmq-server`),"
+            " or point CORRAL_AMQP_URI at a running broker.") from None
+
+
+@contextmanager
+def rpc_client(settings: Settings, timeout: float | None = None) -> Iterator[Any]:
+    from nameko.standalone.rpc import ClusterRpcProxy
+
+    try:
+        check_broker(settings.amqp_uri)
+    except BrokerUnreachable as exc:
+        err_console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(3) from None
+    with ClusterRpcProxy(uri=settings.amqp_uri,
+                         timeout=timeout or settings.rpc_timeout_seconds * 3) as client:
+        yield client
+
+
+def _fail(exc: Exception) -> None:
+    err_console.print(f"[red]error:[/red] {exc}")
+    raise typer.Exit(1)
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def _ago(timestamp: float | None) -> str:
+    if not timestamp:
+        return "-"
+    seconds = max(0, time.time() - timestamp)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit} ago"
+    return f"{int(seconds)}s ago"
+
+
+# --- running the farm ---------------------------------------------------------------------------
+
+@app.command()
+def up(config: Optional[Path] = ConfigOption,
+       workers: int = typer.Option(2, "--workers", "-w", min=0, help="Workers to start."),
+       pool: str = typer.Option("cpu", help="Pool of the started workers."),
+       bands: str = typer.Option("", help="Bands the workers serve (default: all)."),
+       ) -> None:
+    """Run every Corral service and N workers on this machine until Ctrl-C."""
+    from services.farm import run_farm
+
+    settings = _settings(config)
+    try:
+        check_broker(settings.amqp_uri)
+    except BrokerUnreachable as exc:
+        err_console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(3) from None
+    band_list = [b for b in bands.split(",") if b] or [b.name for b in settings.bands]
+    raise typer.Exit(run_farm(settings, config, workers, pool, band_list, console))
+
+
+@app.command()
+def worker(config: Optional[Path] = ConfigOption,
+           pool: str = typer.Option("cpu", help="Pool whose queues this worker consumes."),
+           bands: str = typer.Option("", help="Comma-separated bands to serve (default: all)."),
+           on_stop: str = typer.Option("finish", help="On SIGTERM: 'finish' the running task, "
+                                                       "or 'hand-back' to kill and requeue it."),
+           nice: Optional[int] = typer.Option(None, help="Process priority (nice) for payloads."),
+           ) -> None:
+    """Run one worker: one payload at a time from the pool's band queues."""
+    from services.worker.main import DrainMode, run_worker
+
+    settings = _settings(config)
+    band_list = [b for b in bands.split(",") if b] or [b.name for b in settings.bands]
+    try:
+        mode = DrainMode(on_stop)
+    except ValueError:
+        _fail(ValueError(f"--on-stop must be 'finish' or 'hand-back', not {on_stop!r}"))
+    try:
+        run_worker(settings, pool, band_list, mode, nice)
+    except ValueError as exc:
+        _fail(exc)
+
+
+# --- jobs ---------------------------------------------------------------------------------------
+
+def _parse_env(items: list[str]) -> dict[str, str]:
+    env = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            _fail(ValueError(f"--env wants KEY=VALUE, got {item!r}"))
+        env[key] = value
+    return env
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def submit(ctx: typer.Context, config: Optional[Path] = ConfigOption,
+           name: str = typer.Option("job", help="Job name."),
+           user: str = typer.Option(None, help="Owner (default: your login)."),
+           pool: str = typer.Option("cpu", help="Pool to run in."),
+           priority: int = typer.Option(50, help="Priority; its band decides which workers."),
+           env: list[str] = typer.Option([], "--env", "-e", help="KEY=VALUE, repeatable."),
+           cwd: Optional[str] = typer.Option(None, help="Working directory of the task."),
+           max_attempts: int = typer.Option(1, help="Attempts before the task fails."),
+           retry_delay: float = typer.Option(0, help="Seconds between attempts."),
+           timeout: Optional[float] = typer.Option(None, help="Wall-clock limit in seconds."),
+           shell: bool = typer.Option(False, help="Run the command through /bin/sh -c."),
+           spec: Optional[Path] = typer.Option(None, help="Submit a JSON job spec file instead."),
+           wait: bool = typer.Option(False, help="Wait for the job and show its progress."),
+           as_json: bool = JsonOption) -> None:
+    """Submit a job: `corral submit [options] -- CMD ARGS...`, or `--spec job.json`."""
+    settings = _settings(config)
+    if spec is not None:
+        try:
+            job_spec = json.loads(spec.read_text())
+        except (OSError, ValueError) as exc:
+            _fail(ValueError(f"--spec {spec}: {exc}"))
+    else:
+        command = list(ctx.args)
+        if not command:
+            _fail(ValueError("no command given: corral submit [options] -- CMD ARGS..."))
+        task: dict[str, Any] = {"command": [" ".join(command)] if shell else command,
+                                "shell": shell}
+        job_spec = {"name": name, "user": user or getpass.getuser(), "pool": pool,
+                    "priority": priority, "env": _parse_env(env), "cwd": cwd, "tasks": [task],
+                    "retry": {"max_attempts": max_attempts, "delay_seconds": retry_delay}}
+        if timeout is not None:
+            job_spec["timeout"] = timeout
+    with rpc_client(settings) as rpc:
+        try:
+            job = rpc.scheduler.submit_job(job_spec)
+        except CorralError as exc:
+            _fail(exc)
+        if as_json and not wait:
+            _print_json(job)
+            return
+        if not as_json:
+            console.print(f"submitted job [bold]{job['id']}[/bold] ({job['task_count']} tasks, "
+                          f"band {job['band']})")
+        if wait:
+            final = _watch(rpc, job["id"], quiet=as_json)
+            if as_json:
+                _print_json(final)
+            raise typer.Exit(0 if final["state"] == "done" else 1)
+
+
+@app.command()
+def jobs(config: Optional[Path] = ConfigOption,
+         state: Optional[str] = typer.Option(None, help="Only jobs in this state."),
+         user: Optional[str] = typer.Option(None, help="Only this user's jobs."),
+         page: int = typer.Option(1, min=1), page_size: int = typer.Option(50, min=1, max=1000),
+         as_json: bool = JsonOption) -> None:
+    """List jobs, newest first."""
+    with rpc_client(_settings(config)) as rpc:
+        listing = rpc.scheduler.list_jobs(state=state, user=user, page=page, page_size=page_size)
+    if as_json:
+        _print_json(listing)
+        return
+    table = Table("id", "name", "user", "state", "band", "done/total", "created")
+    for job in listing["jobs"]:
+        table.add_row(str(job["id"]), job["name"], job["user"], job["state"], job["band"],
+                      f"{job['counts'].get('done', 0)}/{job['task_count']}",
+                      _ago(job["created_at"]))
+    console.print(table)
+    console.print(f"page {listing['page']}, {listing['total']} jobs in all")
+
+
+def _job_table(job: dict[str, Any]) -> Table:
+    table = Table("task", "name", "state", "progress", "attempt", "exit", "worker", "reason")
+    for task in job["tasks"]:
+        table.add_row(str(task["id"]), task["name"], task["state"], f"{task['progress']}%",
+                      str(task["attempt"]), "" if task["exit_code"] is None
+                      else str(task["exit_code"]), task["worker_id"] or "",
+                      (task["reason"] or "")[:60])
+    return table
+
+
+def _watch(rpc: Any, job_id: int, quiet: bool = False) -> dict[str, Any]:
+    job = rpc.scheduler.get_job(job_id)
+    with Progress(TextColumn("job {task.fields[job_id]} {task.fields[state]}"), BarColumn(),
+                  MofNCompleteColumn(), TimeElapsedColumn(), console=err_console,
+                  disable=quiet) as progress:
+        bar = progress.add_task("job", total=job["task_count"], job_id=job_id, state=job["state"])
+        while True:
+            finished = sum(job["counts"].get(s, 0) for s in ("done", "failed", "cancelled"))
+            progress.update(bar, completed=finished, state=job["state"])
+            if job["state"] in FINAL_JOB_STATES:
+                return job
+            time.sleep(0.5)
+            job = rpc.scheduler.get_job(job_id)
+
+
+@app.command()
+def job(job_id: int, config: Optional[Path] = ConfigOption,
+        watch: bool = typer.Option(False, "--watch", help="Follow progress until it ends."),
+        as_json: bool = JsonOption) -> None:
+    """Show one job and its tasks."""
+    with rpc_client(_settings(config)) as rpc:
+        try:
+            data = _watch(rpc, job_id, quiet=as_json) if watch else rpc.scheduler.get_job(job_id)
+        except CorralError as exc:
+            _fail(exc)
+    if as_json:
+        _print_json(data)
+        return
+    console.print(f"job [bold]{data['id']}[/bold] {data['name']} ({data['user']}): "
+                  f"[bold]{data['state']}[/bold]  counts {data['counts']}")
+    console.print(_job_table(data))
+
+
+@app.command()
+def task(task_id: int, config: Optional[Path] = ConfigOption, as_json: bool = JsonOption) -> None:
+    """Show one task, every attempt, and the log tail of a failure."""
+    with rpc_client(_settings(config)) as rpc:
+        try:
+            data = rpc.scheduler.get_task(task_id)
+        except CorralError as exc:
+            _fail(exc)
+    if as_json:
+        _print_json(data)
+        return
+    console.print(f"task [bold]{data['id']}[/bold] {data['name']}: [bold]{data['state']}[/bold]"
+                  f"  exit {data['exit_code']}  {data['reason'] or ''}")
+    console.print(f"command: {data['command']}")
+    table = Table("attempt", "worker", "state", "exit", "reason")
+    for attempt in data["attempts"]:
+        table.add_row(str(attempt["number"]), attempt["worker_id"], attempt["state"],
+                      "" if attempt["exit_code"] is None else str(attempt["exit_code"]),
+                      attempt["reason"] or "")
+    console.print(table)
+    if data.get("log_tail"):
+        console.print("[bold]log tail:[/bold]")
+        console.print(data["log_tail"], markup=False, highlight=False)
+
+
+@app.command()
+def cancel(object_id: int = typer.Argument(..., metavar="ID"),
+           config: Optional[Path] = ConfigOption,
+           is_task: bool = typer.Option(False, "--task", help="ID is a task, not a job."),
+           as_json: bool = JsonOption) -> None:
+    """Cancel a job (or with --task one task); running processes are killed."""
+    with rpc_client(_settings(config)) as rpc:
+        try:
+            reply = (rpc.scheduler.cancel_task(object_id) if is_task
+                     else rpc.scheduler.cancel_job(object_id))
+        except CorralError as exc:
+            _fail(exc)
+    if as_json:
+        _print_json(reply)
+    else:
+        console.print(f"{'task' if is_task else 'job'} {object_id}: {reply['state']}")
+
+
+@app.command()
+def workers(config: Optional[Path] = ConfigOption,
+            show_all: bool = typer.Option(False, "--all", help="Include lost and departed."),
+            as_json: bool = JsonOption) -> None:
+    """List the farm's workers."""
+    with rpc_client(_settings(config)) as rpc:
+        listing = rpc.registry.list_workers(alive=not show_all)
+    if as_json:
+        _print_json(listing)
+        return
+    table = Table("worker", "host", "pool", "bands", "state", "task", "last seen")
+    for item in listing:
+        table.add_row(item["worker_id"], item["host"], item["pool"], ",".join(item["bands"]),
+                      item["state"], str(item["current_task"] or ""),
+                      f"{item['seen_seconds_ago']:.0f}s ago")
+    console.print(table)
+
+
+@app.command()
+def status(config: Optional[Path] = ConfigOption, as_json: bool = JsonOption) -> None:
+    """The farm at a glance: workers by state, queue depths, services."""
+    with rpc_client(_settings(config)) as rpc:
+        overview = rpc.registry.farm_overview()
+    if as_json:
+        _print_json(overview)
+        return
+    console.print(f"workers: {overview['workers'] or 'none'}")
+    table = Table("queue", "messages", "consumers")
+    for queue in overview["queues"]:
+        table.add_row(queue["queue"], str(queue["messages"]), str(queue["consumers"]))
+    console.print(table)
+    for service in overview["services"]:
+        mark = "[green]up[/green]" if service["alive"] else "[red]silent[/red]"
+        console.print(f"{service['service']} on {service['host']}: {mark}")
+
+
+def main() -> None:
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""`corral up`: every service and N workers as child processes of one supervisor, until Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+
+from shared.config import DEFAULT_CONFIG_PATH, Settings
+
+SERVICES = ("services.registry", "services.scheduler")
+
+
+@dataclass
+class Child:
+    """One supervised process and how to start it again."""
+
+    name: str
+    argv: list[str]
+    process: subprocess.Popen[bytes] | None = None
+    restarts: list[float] = field(default_factory=list)
+
+
+def farm_children(settings: Settings, config: Path | None, workers: int, pool: str,
+                  bands: list[str]) -> list[Child]:
+    config_path = str(Path(config or DEFAULT_CONFIG_PATH).resolve())
+    children = [Child(module.split(".")[-1],
+                      [sys.executable, "-m", "nameko", "run", "--config", config_path, module])
+                for module in SERVICES]
+    for number in range(1, workers + 1):
+        children.append(Child(f"worker-{number}", [
+            sys.executable, "-m", "services.cli", "worker", "--config", config_path,
+            "--pool", pool, "--bands", ",".join(bands)]))
+    return children
+
+
+def farm_environment(settings: Settings) -> dict[str, str]:
+    """Absolute paths for every child, so all of them agree whatever their working directory."""
+    env = dict(os.environ)
+    env["CORRAL_DATA_DIR"] = str(settings.data_dir)
+    env["CORRAL_STORAGE_ROOT"] = str(settings.storage_root)
+    env["PYTHONUNBUFFERED"] = "1"
+    # nameko imports eventlet, which warns on every start; the pin is documented instead.
+    env.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
+    return env
+
+
+def run_farm(settings: Settings, config: Path | None, workers: int, pool: str,
+             bands: list[str], console: Console) -> int:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    env = farm_environment(settings)
+    children = farm_children(settings, config, workers, pool, bands)
+    stopping = False
+
+    def stop(_signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+
+    def start(child: Child) -> None:
+        child.process = subprocess.Popen(child.argv, env=env)
+        console.print(f"[green]started[/green] {child.name} (pid {child.process.pid})")
+
+    for child in children:
+        start(child)
+    console.print(f"Corral is up: data in {settings.data_dir}. Ctrl-C stops everything.")
+    while not stopping:
+        time.sleep(0.5)
+        for child in children:
+            if child.process is not None and child.process.poll() is not None and not stopping:
+                now = time.monotonic()
+                child.restarts = [t for t in child.restarts if now - t < 60] + [now]
+                console.print(f"[yellow]{child.name} exited with {child.process.returncode}; "
+                              f"restarting[/yellow]")
+                if len(child.restarts) > 5:
+                    console.print(f"[red]{child.name} keeps dying; stopping the farm[/red]")
+                    stopping = True
+                    break
+                start(child)
+    console.print("stopping workers, then services...")
+    # Workers first, so their last reports reach services that are still up.
+    for group in (children[len(SERVICES):], children[:len(SERVICES)]):
+        for child in group:
+            if child.process is not None and child.process.poll() is None:
+                child.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for child in group:
+            if child.process is None:
+                continue
+            try:
+                child.process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.process.kill()
+                child.process.wait()
+    console.print("stopped")
+    return 0

@@ -1,0 +1,238 @@
+"""The scheduler service: owns jobs, tasks, attempts and leases, and decides what runs next.
+
+Run it with `nameko run --config deploy/config.yaml services.scheduler`. The class is a thin
+adapter: state changes live in services._scheduler_store, release decisions in
+services._dispatch.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from typing import Any
+
+import eventlet
+
+from nameko import config
+from nameko.events import EventDispatcher, event_handler
+from nameko.extensions import DependencyProvider
+from nameko.rpc import ServiceRpc, rpc
+from nameko.timer import timer
+
+from services import _scheduler_store as store_ops
+from services._band_publisher import BandPublisher
+from services._dispatch import IdleWorker
+from shared import events
+from shared.config import Settings, settings_from_mapping
+from shared.db import Store, create_db_engine
+from shared.errors import EXPECTED_EXCEPTIONS
+from shared.spec import validate_job_spec
+
+log = logging.getLogger(__name__)
+
+
+class Dispatcher:
+    """The scheduler's in-process state: its store, the live workers, and the release loop."""
+
+    def __init__(self, settings: Settings, store: Store, spawn: Any) -> None:
+        self.settings = settings
+        self.store = store
+        self.publisher = BandPublisher(settings.amqp_uri)
+        self.workers: dict[str, IdleWorker] = {}
+        self.bands_high_first = [b.name for b in sorted(settings.bands, reverse=True)]
+        self._spawn = spawn
+        self._lock = threading.Lock()
+        self._wanted = False
+
+    def set_worker(self, worker_id: str, pool: str, bands: list[str]) -> None:
+        self.workers[worker_id] = IdleWorker(worker_id, pool, frozenset(bands))
+
+    def drop_worker(self, worker_id: str) -> None:
+        self.workers.pop(worker_id, None)
+
+    def request_release(self) -> None:
+        """Ask for a release pass soon, without making the caller wait for it."""
+        self._wanted = True
+        if not self._lock.locked():
+            self._spawn(self.release_now)
+
+    def release_now(self) -> int:
+        """Run release passes until nobody has asked for another; at most one runs at a time."""
+        self._wanted = True
+        if not self._lock.acquire(blocking=False):
+            return 0  # the running pass sees _wanted and goes round again
+        released = 0
+        try:
+            while self._wanted:
+                self._wanted = False
+                plan = store_ops.plan_next_releases(self.store, list(self.workers.values()),
+                                                    self.bands_high_first)
+                if not plan:
+                    continue
+                published = self.publisher.publish(plan)
+                store_ops.mark_dispatched(self.store, published)
+                released += len(published)
+        finally:
+            self._lock.release()
+        return released
+
+    def republish_stale(self) -> None:
+        stale = store_ops.stale_dispatches(self.store, self.settings.redispatch_seconds)
+        if stale:
+            log.warning("publishing %d unclaimed task messages again", len(stale))
+            with self._lock:
+                self.publisher.publish(stale)
+
+
+class SchedulerCore(DependencyProvider):
+    """Reads config, opens the scheduler's database and hands every worker the one Dispatcher."""
+
+    def setup(self) -> None:
+        settings = settings_from_mapping(config)
+        store = Store(create_db_engine(settings.scheduler_db), store_ops.SchedulerTable.metadata)
+        store.create_schema()
+        self.dispatcher = Dispatcher(settings, store, self.container.spawn_managed_thread)
+
+    def start(self) -> None:
+        extended = store_ops.extend_all_leases(self.dispatcher.store,
+                                               self.dispatcher.settings.lease_seconds)
+        if extended:
+            log.info("gave %d running tasks one lease of grace after start-up", extended)
+
+    def stop(self) -> None:
+        self.dispatcher.publisher.close()
+        self.dispatcher.store.dispose()
+
+    def get_dependency(self, worker_ctx: Any) -> Dispatcher:
+        return self.dispatcher
+
+
+class SchedulerService:
+    """RPC `scheduler`: submit and control jobs; claim, renew and finish tasks."""
+
+    name = "scheduler"
+
+    core: Dispatcher = SchedulerCore()
+    dispatch = EventDispatcher()
+    registry = ServiceRpc("registry")
+
+    def _emit(self, emitted: list[tuple[str, dict[str, Any]]]) -> None:
+        for event_type, payload in emitted:
+            self.dispatch(event_type, payload)
+
+    # --- jobs -----------------------------------------------------------------------------------
+
+    @rpc(expected_exceptions=EXPECTED_EXCEPTIONS)
+    def submit_job(self, spec: dict[str, Any]) -> dict[str, Any]:
+        settings = self.core.settings
+        plan = validate_job_spec(spec, settings.bands, max_env_bytes=settings.max_env_bytes,
+                                 max_tasks=settings.max_tasks_per_job)
+        outcome = store_ops.submit_job(self.core.store, plan)
+        self.core.request_release()
+        self._emit(outcome.events)
+        return outcome.reply
+
+    @rpc(expected_exceptions=EXPECTED_EXCEPTIONS)
+    def get_job(self, job_id: int) -> dict[str, Any]:
+        return store_ops.get_job(self.core.store, int(job_id))
+
+    @rpc(expected_exceptions=EXPECTED_EXCEPTIONS)
+    def list_jobs(self, state: str | None = None, user: str | None = None, page: int = 1,
+                  page_size: int = 50) -> dict[str, Any]:
+        return store_ops.list_jobs(self.core.store, state, user, int(page), int(page_size))
+
+    @rpc(expected_exceptions=EXPECTED_EXCEPTIONS)
+    def get_task(self, task_id: int) -> dict[str, Any]:
+        return store_ops.get_task(self.core.store, int(task_id))
+
+    @rpc(expected_exceptions=EXPECTED_EXCEPTIONS)
+    def cancel_job(self, job_id: int) -> dict[str, Any]:
+        outcome = store_ops.cancel_job(self.core.store, int(job_id))
+        self._emit(outcome.events)
+        return outcome.reply
+
+    @rpc(expected_exceptions=EXPECTED_EXCEPTIONS)
+    def cancel_task(self, task_id: int) -> dict[str, Any]:
+        outcome = store_ops.cancel_task(self.core.store, int(task_id))
+        self._emit(outcome.events)
+        return outcome.reply
+
+    # --- the worker's side of a task ------------------------------------------------------------
+
+    @rpc(expected_exceptions=EXPECTED_EXCEPTIONS)
+    def claim_task(self, task_id: int, attempt: int, worker_id: str,
+                   host: str | None = None) -> dict[str, Any]:
+        outcome = store_ops.claim_task(self.core.store, int(task_id), int(attempt), worker_id,
+                                       host, self.core.settings.lease_seconds)
+        self._emit(outcome.events)
+        return outcome.reply
+
+    @rpc(expected_exceptions=EXPECTED_EXCEPTIONS)
+    def renew_lease(self, task_id: int, lease_token: str,
+                    progress: int | None = None) -> dict[str, Any]:
+        outcome = store_ops.renew_lease(self.core.store, int(task_id), lease_token, progress,
+                                        self.core.settings.lease_seconds)
+        self._emit(outcome.events)
+        return outcome.reply
+
+    @rpc(expected_exceptions=EXPECTED_EXCEPTIONS)
+    def finish_task(self, task_id: int, lease_token: str, exit_code: int | None,
+                    result: Any = None, reason: str | None = None, log_tail: str | None = None,
+                    log_path: str | None = None) -> dict[str, Any]:
+        outcome = store_ops.finish_task(self.core.store, int(task_id), lease_token, exit_code,
+                                        result, reason, log_tail, log_path)
+        self.core.request_release()
+        self._emit(outcome.events)
+        return outcome.reply
+
+    @rpc(expected_exceptions=EXPECTED_EXCEPTIONS)
+    def hand_back_task(self, task_id: int, lease_token: str, reason: str) -> dict[str, Any]:
+        outcome = store_ops.hand_back_task(self.core.store, int(task_id), lease_token, reason)
+        self.core.request_release()
+        return outcome.reply
+
+    # --- workers, as the registry reports them --------------------------------------------------
+
+    @event_handler("registry", events.WORKER_JOINED)
+    def handle_worker_joined(self, payload: dict[str, Any]) -> None:
+        self.core.set_worker(payload["worker_id"], payload["pool"], payload["bands"])
+        self.core.request_release()
+
+    @event_handler("registry", events.WORKER_LEFT)
+    def handle_worker_left(self, payload: dict[str, Any]) -> None:
+        self.core.drop_worker(payload["worker_id"])
+
+    @event_handler("registry", events.WORKER_LOST)
+    def handle_worker_lost(self, payload: dict[str, Any]) -> None:
+        self.core.drop_worker(payload["worker_id"])
+
+    # --- timers ---------------------------------------------------------------------------------
+
+    @timer(interval=1)
+    def sweep(self) -> None:
+        """Expire leases, republish lost messages, and release tasks whose retry delay is over."""
+        lost = store_ops.expire_leases(self.core.store)
+        for item in lost:
+            log.warning("task %(task_id)s: lease of worker %(worker_id)s expired", item)
+        self.core.republish_stale()
+        self.core.release_now()
+
+    # Not eager: an RPC made before the reply listener's queue exists kills the container.
+    @timer(interval=2)
+    def refresh_workers(self) -> None:
+        """Re-read the live workers from the registry (events keep it current in between)."""
+        try:
+            with eventlet.Timeout(self.core.settings.rpc_timeout_seconds):
+                workers = self.registry.list_workers(alive=True)
+                self.registry.service_heartbeat(self.name, socket.gethostname())
+        except (Exception, eventlet.Timeout) as exc:  # registry down: keep what we know, events will catch us up
+            log.warning("could not refresh workers from the registry: %s", exc)
+            return
+        live = {w["worker_id"] for w in workers}
+        for worker in workers:
+            self.core.set_worker(worker["worker_id"], worker["pool"], worker["bands"])
+        for worker_id in list(self.core.workers):
+            if worker_id not in live:
+                self.core.drop_worker(worker_id)
+        self.core.request_release()

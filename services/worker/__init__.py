@@ -1,0 +1,1 @@
+"""The Corral worker process (asyncio, aio-pika): no nameko, no eventlet."""

@@ -1,0 +1,344 @@
+"""The worker: consumes its pool's band queues, claims, runs one payload at a time, reports back.
+
+A message is acknowledged as soon as its claim is recorded, so a long render never meets the
+broker's consumer timeout; while a payload runs the worker consumes nothing, so no message waits
+behind it. Every report is retried until the scheduler answers, and every report is idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+import uuid
+from enum import StrEnum
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, \
+    AbstractQueue
+
+from services.worker.process import TaskRun
+from services.worker.rpc import AsyncRpcClient, RpcUnavailable
+from shared import events
+from shared.bands import queue_name
+from shared.config import Settings
+from shared.errors import StaleLease
+
+log = logging.getLogger("corral.worker")
+
+
+class DrainMode(StrEnum):
+    FINISH = "finish"          # the running task finishes, then the worker leaves
+    HAND_BACK = "hand-back"    # the running task is killed and handed back, not charged
+
+
+class Worker:
+    """One worker process: at most one payload at a time."""
+
+    def __init__(self, settings: Settings, pool: str, bands: list[str],
+                 drain_mode: DrainMode = DrainMode.FINISH, nice: int | None = None,
+                 worker_id: str | None = None) -> None:
+        known = {b.name for b in settings.bands}
+        unknown = [b for b in bands if b not in known]
+        if unknown:
+            raise ValueError(f"unknown band {unknown[0]!r}; bands are {sorted(known)}")
+        self.settings = settings
+        self.pool = pool
+        self.bands = bands
+        self.drain_mode = drain_mode
+        self.nice = nice
+        self.host = socket.gethostname()
+        self.worker_id = worker_id or f"{self.host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.current: TaskRun | None = None
+        self.tasks_run = 0
+        self._inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        self._connection: AbstractConnection | None = None
+        self._channel: AbstractChannel | None = None
+        self._queues: list[AbstractQueue] = []
+        self._consumer_tags: list[tuple[AbstractQueue, str]] = []
+        self._rpc: AsyncRpcClient | None = None
+        self._connected = asyncio.Event()
+        self._draining = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self._lease_token: str | None = None
+
+    # --- life cycle -----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.drain)
+        loop.add_signal_handler(signal.SIGINT, self.drain)
+        connection_task = asyncio.create_task(self._stay_connected())
+        heartbeat_task = asyncio.create_task(self._heartbeat_loop())
+        try:
+            await self._work_loop()
+        finally:
+            await self._leave()
+            self._stopped.set()
+            heartbeat_task.cancel()
+            connection_task.cancel()
+            if self._connection is not None:
+                await self._connection.close()
+
+    def drain(self) -> None:
+        """Stop taking work; a second call while a task runs hands it back at once."""
+        if self._draining.is_set() and self.current is not None:
+            self.current.kill("handed back: worker stopping")
+            return
+        log.info("draining (%s)", self.drain_mode)
+        self._draining.set()
+        if self.current is not None and self.drain_mode == DrainMode.HAND_BACK:
+            self.current.kill("handed back: worker stopping")
+        asyncio.get_running_loop().create_task(self._stop_consuming())
+
+    async def _stay_connected(self) -> None:
+        """Connect, set up, and reconnect with backoff whenever the broker goes away."""
+        delay = 0.2
+        while not self._stopped.is_set():
+            try:
+                connection = await aio_pika.connect(self.settings.amqp_uri, timeout=10)
+            except Exception as exc:
+                log.warning("cannot reach the broker (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            closed = asyncio.Event()
+            connection.close_callbacks.add(lambda *_: closed.set())
+            try:
+                await self._set_up(connection)
+                delay = 0.2
+                self._connected.set()
+                log.info("connected as %s (pool %s, bands %s)", self.worker_id, self.pool,
+                         ",".join(self.bands))
+                await closed.wait()
+                log.warning("lost the broker connection; reconnecting")
+            except Exception as exc:
+                log.warning("setting up on the broker failed: %s", exc)
+                await asyncio.sleep(delay)
+            finally:
+                self._connected.clear()
+                self._consumer_tags.clear()
+                self._drop_inbox()
+                if not connection.is_closed:
+                    await connection.close()
+
+    async def _set_up(self, connection: AbstractConnection) -> None:
+        self._connection = connection
+        self._rpc = AsyncRpcClient(connection)
+        await self._rpc.start()
+        self._channel = await connection.channel(publisher_confirms=False)
+        await self._channel.set_qos(prefetch_count=1, global_=True)
+        self._queues = [await self._channel.declare_queue(queue_name(self.pool, band),
+                                                          durable=True)
+                        for band in self.bands]
+        await self._listen_for_cancels(connection)
+        await self._register()
+        if self.current is None and not self._draining.is_set():
+            await self._start_consuming()
+
+    async def _listen_for_cancels(self, connection: AbstractConnection) -> None:
+        channel = await connection.channel()
+        exchange = await channel.declare_exchange("scheduler.events", aio_pika.ExchangeType.TOPIC,
+                                                  durable=True)
+        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+        await queue.bind(exchange, routing_key=events.TASK_CANCELLED)
+        await queue.consume(self._on_cancel_event, no_ack=True)
+
+    async def _on_cancel_event(self, message: AbstractIncomingMessage) -> None:
+        payload = json.loads(message.body)
+        current = self.current
+        if current is not None and payload.get("task_id") == current.task_id \
+                and payload.get("worker_id") in (None, self.worker_id):
+            log.info("task %s cancelled: killing it", current.task_id)
+            current.kill("cancelled")
+
+    async def _register(self) -> None:
+        assert self._rpc is not None
+        await self._rpc.call("registry", "register_worker", timeout=self.settings.rpc_timeout_seconds,
+                             worker_id=self.worker_id, host=self.host, pool=self.pool,
+                             bands=self.bands, pid=os.getpid())
+
+    async def _leave(self) -> None:
+        try:
+            await self._call("registry", "leave_worker", attempts=3, worker_id=self.worker_id)
+        except RpcUnavailable:
+            log.warning("could not tell the registry we are leaving; it will notice")
+
+    # --- consuming ------------------------------------------------------------------------------
+
+    async def _start_consuming(self) -> None:
+        if self._consumer_tags or self._channel is None or self._channel.is_closed:
+            return
+        for queue in self._queues:
+            tag = await queue.consume(self._inbox.put)
+            self._consumer_tags.append((queue, tag))
+
+    async def _stop_consuming(self) -> None:
+        tags, self._consumer_tags = self._consumer_tags, []
+        for queue, tag in tags:
+            try:
+                await queue.cancel(tag)
+            except Exception:  # the channel is already gone: so are its consumers
+                pass
+
+    def _drop_inbox(self) -> None:
+        while not self._inbox.empty():
+            self._inbox.get_nowait()  # unacked on a dead channel: the broker redelivers them
+
+    async def _next_message(self) -> AbstractIncomingMessage | None:
+        getter = asyncio.ensure_future(self._inbox.get())
+        draining = asyncio.ensure_future(self._draining.wait())
+        done, _ = await asyncio.wait({getter, draining}, return_when=asyncio.FIRST_COMPLETED)
+        if getter in done:
+            draining.cancel()
+            return getter.result()
+        getter.cancel()
+        return None
+
+    # --- the work -------------------------------------------------------------------------------
+
+    async def _work_loop(self) -> None:
+        while not self._draining.is_set():
+            message = await self._next_message()
+            if message is None:
+                break
+            try:
+                body = json.loads(message.body)
+                task_id, attempt = int(body["task_id"]), int(body["attempt"])
+            except (ValueError, KeyError, TypeError):
+                log.error("dropping a malformed message: %r", message.body[:200])
+                await _settle(message.ack())
+                continue
+            claim = await self._claim(task_id, attempt)
+            if claim is None or claim.get("status") != "claimed":
+                await _settle(message.ack())  # duplicate or stale delivery: nothing to start
+                continue
+            await self._stop_consuming()
+            await _settle(message.ack())
+            await self._run(claim)
+            if not self._draining.is_set():
+                await self._start_consuming()
+        log.info("stopped taking work")
+
+    async def _claim(self, task_id: int, attempt: int) -> dict[str, Any] | None:
+        try:
+            return await self._call("scheduler", "claim_task", attempts=None, task_id=task_id,
+                                    attempt=attempt, worker_id=self.worker_id, host=self.host)
+        except RpcUnavailable:
+            return None
+
+    async def _run(self, claim: dict[str, Any]) -> None:
+        storage = self.settings.storage_root
+        name = f"{claim['task_id']}.{claim['attempt']}"
+        run = TaskRun(task_id=claim["task_id"], job_id=claim["job_id"], attempt=claim["attempt"],
+                      command=claim["command"], shell=claim["shell"], env=claim["env"],
+                      cwd=claim["cwd"], timeout=claim["timeout"],
+                      log_path=storage / "logs" / str(claim["job_id"]) / f"{name}.log",
+                      result_path=storage / "results" / str(claim["job_id"]) / f"{name}.json")
+        self.current = run
+        self._lease_token = claim["lease_token"]
+        renewals = asyncio.create_task(self._renew_loop(run, claim["lease_token"]))
+        try:
+            await run.run(self._payload_env(), self.settings.log_tail_bytes)
+        finally:
+            renewals.cancel()
+            self.current = None
+        self.tasks_run += 1
+        if run._kill_reason and run._kill_reason.startswith("handed back"):
+            await self._report("hand_back_task", task_id=run.task_id,
+                               lease_token=claim["lease_token"], reason=run._kill_reason)
+        elif run._kill_reason in ("cancelled", "lease lost"):
+            pass  # the scheduler already knows; a report would be refused
+        else:
+            await self._report("finish_task", task_id=run.task_id,
+                               lease_token=claim["lease_token"], exit_code=run.exit_code,
+                               result=run.result, reason=run.reason,
+                               log_tail=None if run.exit_code == 0 and not run.reason
+                               else run.log_tail,
+                               log_path=str(run.log_path))
+
+    def _payload_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        for key in [k for k in env if k.startswith("CORRAL_")]:
+            del env[key]  # the worker's own settings are not the payload's business
+        return env
+
+    async def _renew_loop(self, run: TaskRun, token: str) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_seconds)
+            progress = run.scan_progress()
+            try:
+                await self._rpc_call("scheduler", "renew_lease", task_id=run.task_id,
+                                     lease_token=token, progress=progress)
+            except StaleLease as exc:
+                log.warning("lease lost (%s): killing the task", exc)
+                run.kill("lease lost")
+                return
+            except RpcUnavailable as exc:
+                log.warning("could not renew the lease of task %s: %s", run.task_id, exc)
+
+    async def _report(self, method: str, **kwargs: Any) -> None:
+        try:
+            await self._call("scheduler", method, attempts=None, **kwargs)
+        except StaleLease as exc:
+            log.warning("%s refused: %s", method, exc)
+
+    # --- heartbeats and calls -------------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_seconds)
+            state = "draining" if self._draining.is_set() else (
+                "busy" if self.current is not None else "idle")
+            try:
+                reply = await self._rpc_call(
+                    "registry", "worker_heartbeat", worker_id=self.worker_id, state=state,
+                    current_task=self.current.task_id if self.current else None)
+                if not reply.get("known"):
+                    await self._register()
+            except RpcUnavailable as exc:
+                log.warning("heartbeat to the registry failed: %s", exc)
+
+    async def _rpc_call(self, service: str, method: str, **kwargs: Any) -> Any:
+        if self._rpc is None or not self._connected.is_set():
+            raise RpcUnavailable("not connected")
+        return await self._rpc.call(service, method, timeout=self.settings.rpc_timeout_seconds,
+                                    **kwargs)
+
+    async def _call(self, service: str, method: str, attempts: int | None,
+                    **kwargs: Any) -> Any:
+        """Call until answered (`attempts` None: for ever), waiting for the connection between."""
+        delay, tried = 0.1, 0
+        while True:
+            tried += 1
+            try:
+                await asyncio.wait_for(self._connected.wait(), self.settings.rpc_timeout_seconds)
+                return await self._rpc_call(service, method, **kwargs)
+            except (RpcUnavailable, asyncio.TimeoutError) as exc:
+                if attempts is not None and tried >= attempts:
+                    raise RpcUnavailable(str(exc)) from None
+                log.warning("%s.%s unanswered (%s); trying again", service, method, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+
+async def _settle(awaitable: Any) -> None:
+    """Ack a message; on a dead channel the broker redelivers it, and the claim makes that safe."""
+    try:
+        await awaitable
+    except Exception as exc:
+        log.debug("could not acknowledge: %s", exc)
+
+
+def run_worker(settings: Settings, pool: str, bands: list[str],
+               drain_mode: DrainMode = DrainMode.FINISH, nice: int | None = None) -> None:
+    if nice is not None:
+        os.nice(nice)
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    worker = Worker(settings, pool, bands, drain_mode, nice)
+    asyncio.run(worker.run())

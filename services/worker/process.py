@@ -1,0 +1,151 @@
+"""Runs one task payload: argv in its own process group, output to a log file, progress, result."""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import json
+import os
+import re
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PROGRESS_LINE = re.compile(rb"^CORRAL_PROGRESS\s+(\d{1,3}(?:\.\d+)?)\s*$", re.MULTILINE)
+MAX_RESULT_BYTES = 1 << 20
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_worker() -> None:
+    """In the child: be killed if the worker dies, so a lost worker leaves no payload running."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except OSError:  # not Linux: the lease still fences the task
+        pass
+
+
+@dataclass
+class TaskRun:
+    """What the worker knows of a claimed task, and what running it produced."""
+
+    task_id: int
+    job_id: int
+    attempt: int
+    command: list[str]
+    shell: bool
+    env: dict[str, str]
+    cwd: str | None
+    timeout: float | None
+    log_path: Path
+    result_path: Path
+    progress: int = 0
+    exit_code: int | None = None
+    reason: str | None = None
+    result: Any = None
+    log_tail: str | None = None
+    started_at: float | None = None
+    pid: int | None = None
+    _scanned: int = field(default=0, repr=False)
+    _process: asyncio.subprocess.Process | None = field(default=None, repr=False)
+    _kill_reason: str | None = field(default=None, repr=False)
+
+    def argv(self) -> list[str]:
+        return ["/bin/sh", "-c", self.command[0]] if self.shell else list(self.command)
+
+    def scan_progress(self) -> int:
+        """Read the log written since the last scan for `CORRAL_PROGRESS n` lines."""
+        try:
+            with open(self.log_path, "rb") as log:
+                log.seek(self._scanned)
+                chunk = log.read()
+        except OSError:
+            return self.progress
+        cut = chunk.rfind(b"\n") + 1  # only whole lines; a partial one is read next time
+        for match in PROGRESS_LINE.finditer(chunk[:cut]):
+            self.progress = max(0, min(100, int(float(match.group(1)))))
+        self._scanned += cut
+        return self.progress
+
+    def kill(self, reason: str) -> None:
+        """Kill the whole process group now; `reason` becomes the attempt's failure reason."""
+        self._kill_reason = self._kill_reason or reason
+        if self._process is not None and self._process.returncode is None:
+            _kill_group(self._process.pid, signal.SIGKILL)
+
+    async def run(self, base_env: dict[str, str], log_tail_bytes: int) -> None:
+        """Start the process, wait for it (or its time limit), then collect result and log tail."""
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.result_path.parent.mkdir(parents=True, exist_ok=True)
+        self.result_path.unlink(missing_ok=True)
+        env = {**base_env, **self.env, "CORRAL_TASK_ID": str(self.task_id),
+               "CORRAL_JOB_ID": str(self.job_id), "CORRAL_ATTEMPT": str(self.attempt),
+               "CORRAL_RESULT": str(self.result_path)}
+        if self.cwd is not None and not os.path.isdir(self.cwd):
+            self.reason = f"working directory {self.cwd} does not exist"
+            return
+        with open(self.log_path, "ab") as log:
+            try:
+                self._process = await asyncio.create_subprocess_exec(
+                    *self.argv(), stdin=asyncio.subprocess.DEVNULL, stdout=log,
+                    stderr=asyncio.subprocess.STDOUT, env=env, cwd=self.cwd,
+                    start_new_session=True, preexec_fn=_die_with_worker)
+            except (FileNotFoundError, PermissionError, OSError) as exc:
+                self.reason = f"could not start {self.argv()[0]!r}: {exc.strerror or exc}"
+                log.write(f"corral: {self.reason}\n".encode())
+                return
+        self.started_at = time.time()
+        self.pid = self._process.pid
+        try:
+            await asyncio.wait_for(self._process.wait(), self.timeout)
+        except asyncio.TimeoutError:
+            self.kill(f"timed out after {self.timeout:g} s")
+            await self._process.wait()
+        finally:
+            # Whatever the payload left behind in its group goes with it.
+            _kill_group(self._process.pid, signal.SIGKILL)
+        self.exit_code = self._process.returncode
+        if self._kill_reason:
+            self.reason = self._kill_reason
+        elif self.exit_code is not None and self.exit_code < 0:
+            self.reason = f"killed by signal {signal.Signals(-self.exit_code).name}"
+        self.scan_progress()
+        self.result = self._read_result()
+        self.log_tail = self._read_tail(log_tail_bytes)
+
+    def _read_result(self) -> Any:
+        try:
+            size = self.result_path.stat().st_size
+        except FileNotFoundError:
+            return None
+        if size > MAX_RESULT_BYTES:
+            self._note(f"result file is {size} bytes, over the {MAX_RESULT_BYTES} byte limit")
+            return None
+        try:
+            return json.loads(self.result_path.read_bytes() or b"null")
+        except ValueError as exc:
+            self._note(f"result file is not valid JSON: {exc}")
+            return None
+
+    def _note(self, text: str) -> None:
+        with open(self.log_path, "ab") as log:
+            log.write(f"corral: {text}\n".encode())
+
+    def _read_tail(self, limit: int) -> str | None:
+        if limit <= 0:
+            return None
+        try:
+            with open(self.log_path, "rb") as log:
+                log.seek(0, os.SEEK_END)
+                log.seek(max(0, log.tell() - limit))
+                return log.read().decode(errors="replace")
+        except OSError:
+            return None
+
+
+def _kill_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass

@@ -1,0 +1,74 @@
+"""Database engines for the services' own tables: SQLite by default, PostgreSQL by URL, one clock."""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from sqlalchemy import MetaData, event, text
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+from sqlmodel import create_engine
+
+
+def create_db_engine(url: str) -> Engine:
+    """An engine tuned for one writer process: WAL and a busy timeout on SQLite."""
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+
+
+def clock_query(engine: Engine) -> str:
+    """SQL giving the database's time as epoch seconds: every service agrees on one clock."""
+    if engine.dialect.name == "sqlite":
+        return "SELECT (julianday('now') - 2440587.5) * 86400.0"
+    return "SELECT extract(epoch from clock_timestamp())"
+
+
+class Store:
+    """A service's handle on its own database: sessions, one writer at a time, and the clock."""
+
+    def __init__(self, engine: Engine, metadata: MetaData) -> None:
+        self.engine = engine
+        self.metadata = metadata
+        self._clock_sql = text(clock_query(engine))
+        # One writer at a time: SQLite allows no more, and a green thread must never wait on a
+        # database lock held by another green thread of the same process.
+        self._write_lock = threading.RLock()
+
+    def create_schema(self) -> None:
+        self.metadata.create_all(self.engine)
+
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        """A session in one transaction, committed on success; never do broker I/O inside it."""
+        with self._write_lock:
+            with Session(self.engine, expire_on_commit=False) as session:
+                with session.begin():
+                    yield session
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        with Session(self.engine, expire_on_commit=False) as session:
+            yield session
+
+    def now(self, session: Session) -> float:
+        return float(session.execute(self._clock_sql).scalar_one())
+
+    def dispose(self) -> None:
+        self.engine.dispose()

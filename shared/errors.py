@@ -1,0 +1,59 @@
+"""The one hierarchy of errors a Corral caller may handle; each crosses nameko RPC as itself.
+
+    CorralError
+    ├── InvalidSpec          a job or task spec was refused; the message names the field
+    ├── NotFound             no job, task or worker with that id
+    ├── InvalidState         the operation does not apply in the object's current state
+    ├── StaleLease           a report carried a lease token that is no longer current
+    ├── ConfigError          the configuration file or a value in it is wrong
+    └── BrokerUnreachable    RabbitMQ could not be reached
+"""
+
+from __future__ import annotations
+
+from nameko.exceptions import deserialize_to_instance
+
+
+class CorralError(Exception):
+    """Base of every error a Corral caller may handle."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@deserialize_to_instance
+class InvalidSpec(CorralError):
+    """A submitted spec was refused; the message starts with the path of the bad field."""
+
+
+@deserialize_to_instance
+class NotFound(CorralError):
+    """The job, task or worker named does not exist."""
+
+
+@deserialize_to_instance
+class InvalidState(CorralError):
+    """The operation does not apply to the object in its current state."""
+
+
+@deserialize_to_instance
+class StaleLease(CorralError):
+    """The lease token is no longer current: the caller must stop working on the task."""
+
+
+@deserialize_to_instance
+class ConfigError(CorralError):
+    """The configuration is wrong; the message names the key."""
+
+
+@deserialize_to_instance
+class BrokerUnreachable(CorralError):
+    """RabbitMQ could not be reached at the configured address."""
+
+
+EXPECTED_EXCEPTIONS = (InvalidSpec, NotFound, InvalidState, StaleLease)
+"""Errors a service raises on purpose: listed in every @rpc's expected_exceptions."""

@@ -1,0 +1,15 @@
+"""Names of the events Corral services emit; handlers are `handle_<event>` and idempotent."""
+
+from typing import Final
+
+JOB_SUBMITTED: Final = "job_submitted"
+JOB_FINISHED: Final = "job_finished"
+TASK_STARTED: Final = "task_started"
+TASK_PROGRESSED: Final = "task_progressed"
+TASK_FINISHED: Final = "task_finished"
+TASK_FAILED: Final = "task_failed"
+
+WORKER_JOINED: Final = "worker_joined"
+WORKER_LEFT: Final = "worker_left"
+WORKER_LOST: Final = "worker_lost"
+TASK_CANCELLED: Final = "task_cancelled"
