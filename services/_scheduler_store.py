@@ -128,6 +128,9 @@ class Attempt(SchedulerTable, table=True):
     exit_code: int | None = None
     reason: str | None = None
     log_path: str | None = None
+    # The payload's own start and end on the worker's clock: the run time a user cares about.
+    process_started_at: float | None = None
+    process_ended_at: float | None = None
 
 
 @dataclass
@@ -358,7 +361,8 @@ def _finish_job_if_complete(session: Session, job_id: int,
 
 def finish_task(store: Store, task_id: int, lease_token: str, exit_code: int | None,
                 result: Any = None, reason: str | None = None, log_tail: str | None = None,
-                log_path: str | None = None) -> Outcome:
+                log_path: str | None = None, process_started_at: float | None = None,
+                process_ended_at: float | None = None) -> Outcome:
     """Record an attempt's end: DONE, a retry under the task's policy, or FAILED with its reason."""
     with store.write() as session:
         now = store.now(session)
@@ -379,6 +383,8 @@ def finish_task(store: Store, task_id: int, lease_token: str, exit_code: int | N
             attempt.exit_code = exit_code
             attempt.reason = why
             attempt.log_path = log_path
+            attempt.process_started_at = process_started_at
+            attempt.process_ended_at = process_ended_at
         task.exit_code = exit_code
         task.log_path = log_path
         task.lease_token = None

@@ -30,6 +30,9 @@ def create_db_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
+    if url.startswith(("postgresql://", "postgres://")):
+        # The driver Corral installs; SQLAlchemy 2.1 would otherwise look for psycopg 3.
+        url = "postgresql+psycopg2://" + url.split("://", 1)[1]
     return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
 
 

@@ -259,7 +259,8 @@ class Worker:
                                result=run.result, reason=run.reason,
                                log_tail=None if run.exit_code == 0 and not run.reason
                                else run.log_tail,
-                               log_path=str(run.log_path))
+                               log_path=str(run.log_path), process_started_at=run.started_at,
+                               process_ended_at=run.ended_at)
 
     def _payload_env(self) -> dict[str, str]:
         env = dict(os.environ)

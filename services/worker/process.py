@@ -46,6 +46,7 @@ class TaskRun:
     result: Any = None
     log_tail: str | None = None
     started_at: float | None = None
+    ended_at: float | None = None
     pid: int | None = None
     _scanned: int = field(default=0, repr=False)
     _process: asyncio.subprocess.Process | None = field(default=None, repr=False)
@@ -105,6 +106,7 @@ class TaskRun:
         finally:
             # Whatever the payload left behind in its group goes with it.
             _kill_group(self._process.pid, signal.SIGKILL)
+        self.ended_at = time.time()
         self.exit_code = self._process.returncode
         if self._kill_reason:
             self.reason = self._kill_reason

@@ -1,0 +1,57 @@
+import eventlet
+
+eventlet.monkey_patch()  # noqa: E402  (nameko's standalone client runs green, as in a service)
+
+# Fixtures shared by every test: the real broker's vhosts and the real databases.
+
+import os
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from sqlalchemy import create_engine, text
+
+ROOT = Path(__file__).resolve().parent.parent
+AMQP_HOST = os.environ.get("CORRAL_TEST_AMQP_HOST", "127.0.0.1:5672")
+POSTGRES_ADMIN_URL = os.environ.get("CORRAL_TEST_POSTGRES",
+                                    "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+
+
+def rabbitmqctl(*args: str) -> str:
+    done = subprocess.run(["rabbitmqctl", *args], capture_output=True, text=True, timeout=60)
+    if done.returncode != 0:
+        raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {done.stderr or done.stdout}")
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def vhost() -> Iterator[str]:
+    """A fresh RabbitMQ vhost for one test module, deleted afterwards."""
+    name = f"corral-test-{uuid.uuid4().hex[:10]}"
+    rabbitmqctl("add_vhost", name)
+    rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+    yield name
+    rabbitmqctl("delete_vhost", name)
+
+
+@pytest.fixture(scope="module")
+def amqp_uri(vhost: str) -> str:
+    return f"amqp://guest:guest@{AMQP_HOST}/{vhost}"
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for the session, dropped afterwards."""
+    name = f"corral_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0]
+    yield f"{base}/{name}"
+    with admin.connect() as connection:
+        connection.execute(text(
+            f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"))
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+    admin.dispose()

@@ -1,0 +1,38 @@
+# Stores on both real databases: SQLite files and a fresh PostgreSQL database.
+
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from services._registry_store import RegistryTable
+from services._scheduler_store import SchedulerTable
+from shared.bands import parse_bands
+from shared.db import Store, create_db_engine
+
+BANDS = parse_bands({"low": [0, 9], "normal": [10, 99], "high": [100, 1000]})
+
+
+def _store(request: pytest.FixtureRequest, tmp_path: Path, metadata, name: str) -> Store:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / name}.db"
+    else:
+        url = request.getfixturevalue("postgres_url")
+    store = Store(create_db_engine(url), metadata)
+    metadata.drop_all(store.engine)
+    store.create_schema()
+    return store
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def scheduler_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    store = _store(request, tmp_path, SchedulerTable.metadata, "scheduler")
+    yield store
+    store.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def registry_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    store = _store(request, tmp_path, RegistryTable.metadata, "registry")
+    yield store
+    store.dispose()

@@ -1,0 +1,75 @@
+"""Release decisions: bands, priority, fairness and matching, with no I/O."""
+
+from services._dispatch import Candidate, IdleWorker, absorb_dispatched, plan_release, \
+    should_retry
+
+HIGH_FIRST = ["high", "normal", "low"]
+
+
+def worker(name: str, *bands: str, pool: str = "cpu") -> IdleWorker:
+    return IdleWorker(name, pool, frozenset(bands))
+
+
+def candidate(task_id: int, user: str = "u", priority: int = 50, head: bool = False) -> Candidate:
+    return Candidate(task_id, 1, user, priority, head)
+
+
+def test_a_worker_kept_for_high_band_never_gets_normal_work() -> None:
+    plan = plan_release([worker("urgent", "high")],
+                        {("cpu", "normal"): [candidate(1)]}, {}, HIGH_FIRST)
+    assert plan == []
+
+
+def test_higher_band_is_released_first() -> None:
+    plan = plan_release([worker("w", "normal", "high")],
+                        {("cpu", "normal"): [candidate(1)],
+                         ("cpu", "high"): [candidate(2, priority=500)]}, {}, HIGH_FIRST)
+    assert [r.task_id for r in plan] == [2]
+
+
+def test_specialist_workers_are_used_before_generalists() -> None:
+    idle = [worker("general", "normal", "high"), worker("special", "high")]
+    plan = plan_release(idle, {("cpu", "high"): [candidate(1, priority=500)],
+                               ("cpu", "normal"): [candidate(2)]}, {}, HIGH_FIRST)
+    assert {(r.task_id, r.worker_id) for r in plan} == {(1, "special"), (2, "general")}
+
+
+def test_fairness_picks_the_user_with_fewest_running_tasks() -> None:
+    queue = [candidate(1, "a"), candidate(2, "a"), candidate(3, "b")]
+    plan = plan_release([worker("w", "normal")], {("cpu", "normal"): queue}, {"a": 1},
+                        HIGH_FIRST)
+    assert [r.task_id for r in plan] == [3]
+
+
+def test_fairness_counts_tasks_released_in_the_same_pass() -> None:
+    queue = [candidate(1, "a"), candidate(2, "a"), candidate(3, "b"), candidate(4, "b")]
+    idle = [worker("w1", "normal"), worker("w2", "normal")]
+    plan = plan_release(idle, {("cpu", "normal"): queue}, {}, HIGH_FIRST)
+    assert sorted(r.task_id for r in plan) == [1, 3]
+
+
+def test_priority_beats_fairness_within_a_band() -> None:
+    queue = [candidate(1, "a", priority=90), candidate(2, "b", priority=20)]
+    plan = plan_release([worker("w", "normal")], {("cpu", "normal"): queue}, {"a": 5},
+                        HIGH_FIRST)
+    assert [r.task_id for r in plan] == [1]
+
+
+def test_pools_never_mix() -> None:
+    plan = plan_release([worker("g", "normal", pool="gpu")],
+                        {("cpu", "normal"): [candidate(1)]}, {}, HIGH_FIRST)
+    assert plan == []
+
+
+def test_messages_already_queued_use_up_idle_workers() -> None:
+    idle = [worker("w1", "normal"), worker("w2", "normal", "high")]
+    left = absorb_dispatched(idle, [("cpu", "normal")])
+    assert [w.worker_id for w in left] == ["w2"]
+
+
+def test_retry_policy() -> None:
+    assert should_retry(1, 3, 1, None)
+    assert not should_retry(3, 3, 1, None)
+    assert should_retry(1, 3, 75, [75])
+    assert not should_retry(1, 3, 1, [75])
+    assert not should_retry(1, 3, None, [75])
