@@ -26,9 +26,9 @@ def rabbitmqctl(*args: str) -> str:
     return done.stdout
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def vhost() -> Iterator[str]:
-    """A fresh RabbitMQ vhost for one test module, deleted afterwards."""
+    """A fresh RabbitMQ vhost for one test, deleted afterwards: no test sees another's messages."""
     name = f"corral-test-{uuid.uuid4().hex[:10]}"
     rabbitmqctl("add_vhost", name)
     rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
@@ -36,7 +36,7 @@ def vhost() -> Iterator[str]:
     rabbitmqctl("delete_vhost", name)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def amqp_uri(vhost: str) -> str:
     return f"amqp://guest:guest@{AMQP_HOST}/{vhost}"
 
