@@ -56,6 +56,16 @@ class BandPublisher:
             self.close()
         return published
 
+    def queue_depth(self, queue: str) -> int | None:
+        """Messages ready in a queue, or None when the broker cannot tell us."""
+        try:
+            channel = self._producer_channel()
+            _, messages, _ = Queue(queue, channel=channel).queue_declare(passive=True)
+            return int(messages)
+        except Exception:  # a missing queue closes the channel: start afresh next time
+            self.close()
+            return None
+
     def close(self) -> None:
         if self._connection is not None:
             try:

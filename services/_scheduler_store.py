@@ -260,17 +260,34 @@ def mark_dispatched(store: Store, releases: Sequence[Release]) -> None:
 
 
 def stale_dispatches(store: Store, older_than: float) -> list[Release]:
-    """Messages published long ago and never claimed: publish them again (a duplicate is harmless)."""
-    with store.write() as session:
+    """Messages published long ago and never claimed, oldest first."""
+    with store.read() as session:
         now = store.now(session)
         rows = session.execute(
             select(Task.id, Task.attempt, Task.pool, Task.band)
             .where(Task.state == TaskState.DISPATCHED, Task.dispatched_at < now - older_than)
-            .limit(1000)).all()
-        if rows:
-            session.execute(update(Task).where(Task.id.in_([r[0] for r in rows]))  # type: ignore[attr-defined]
-                            .values(dispatched_at=now))
+            .order_by(Task.dispatched_at).limit(1000)).all()
     return [Release(r[0], r[1], r[2], r[3], "") for r in rows]
+
+
+def dispatched_counts(store: Store) -> dict[tuple[str, str], int]:
+    """(pool, band) -> tasks whose message should be waiting in that queue."""
+    with store.read() as session:
+        rows = session.execute(
+            select(Task.pool, Task.band, func.count()).where(Task.state == TaskState.DISPATCHED)
+            .group_by(Task.pool, Task.band)).all()
+    return {(pool, band): count for pool, band, count in rows}
+
+
+def touch_dispatched(store: Store, releases: Sequence[Release]) -> None:
+    """Restart the unclaimed-message clock of tasks whose messages were just checked or resent."""
+    if not releases:
+        return
+    with store.write() as session:
+        now = store.now(session)
+        session.execute(update(Task).where(Task.id.in_([r.task_id for r in releases]),  # type: ignore[attr-defined]
+                                           Task.state == TaskState.DISPATCHED)
+                        .values(dispatched_at=now))
 
 
 # --- claim, renew, finish -----------------------------------------------------------------------

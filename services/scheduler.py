@@ -22,7 +22,8 @@ from nameko.timer import timer
 
 from services import _scheduler_store as store_ops
 from services._band_publisher import BandPublisher
-from services._dispatch import IdleWorker
+from services._dispatch import IdleWorker, Release
+from shared.bands import queue_name
 from shared import events
 from shared.config import Settings, settings_from_mapping
 from shared.db import Store, create_db_engine
@@ -78,11 +79,27 @@ class Dispatcher:
         return released
 
     def republish_stale(self) -> None:
+        """Publish again the messages of tasks dispatched long ago that the queue no longer holds.
+
+        A message can vanish (a queue deleted by hand, a broker that lost its disk); a message
+        still waiting for a worker must not be doubled, so queues holding at least as many
+        messages as they should are left alone.
+        """
         stale = store_ops.stale_dispatches(self.store, self.settings.redispatch_seconds)
-        if stale:
-            log.warning("publishing %d unclaimed task messages again", len(stale))
-            with self._lock:
-                self.publisher.publish(stale)
+        if not stale:
+            return
+        expected = store_ops.dispatched_counts(self.store)
+        resend: list[Release] = []
+        with self._lock:
+            for (pool, band), count in expected.items():
+                depth = self.publisher.queue_depth(queue_name(pool, band))
+                if depth is not None and depth < count:
+                    missing = [r for r in stale if (r.pool, r.band) == (pool, band)]
+                    resend.extend(missing[:count - depth])
+            if resend:
+                log.warning("publishing %d lost task messages again", len(resend))
+                self.publisher.publish(resend)
+        store_ops.touch_dispatched(self.store, stale)
 
 
 class SchedulerCore(DependencyProvider):

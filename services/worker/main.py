@@ -91,9 +91,14 @@ class Worker:
             return
         log.info("draining (%s)", self.drain_mode)
         self._draining.set()
+        loop = asyncio.get_running_loop()
+        loop.create_task(self._stop_consuming())
+        # Leave the registry first, so the scheduler sends nothing more our way (not even the
+        # task we are about to hand back).
+        leaving = loop.create_task(self._leave())
         if self.current is not None and self.drain_mode == DrainMode.HAND_BACK:
-            self.current.kill("handed back: worker stopping")
-        asyncio.get_running_loop().create_task(self._stop_consuming())
+            current = self.current
+            leaving.add_done_callback(lambda _: current.kill("handed back: worker stopping"))
 
     async def _stay_connected(self) -> None:
         """Connect, set up, and reconnect with backoff whenever the broker goes away."""
@@ -293,8 +298,9 @@ class Worker:
     async def _heartbeat_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.heartbeat_seconds)
-            state = "draining" if self._draining.is_set() else (
-                "busy" if self.current is not None else "idle")
+            if self._draining.is_set():
+                return  # we have left the registry; a heartbeat would bring us back
+            state = "busy" if self.current is not None else "idle"
             try:
                 reply = await self._rpc_call(
                     "registry", "worker_heartbeat", worker_id=self.worker_id, state=state,

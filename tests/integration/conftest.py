@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import amqp.exceptions
 import pytest
 from nameko.standalone.rpc import ClusterRpcProxy
 
@@ -108,13 +109,26 @@ class Farm:
             self._rpc = self._rpc_client.start()
         return self._rpc
 
+    def reconnect(self) -> None:
+        """A new client: the old one's connection was closed by the broker."""
+        if self._rpc_client is not None:
+            try:
+                self._rpc_client.stop()
+            except Exception:  # its connection is already gone
+                pass
+        self._rpc_client = self._rpc = None
+
     def submit(self, tasks: list[dict[str, Any]], **spec: Any) -> dict[str, Any]:
         return self.rpc.scheduler.submit_job({"tasks": tasks, **spec})
 
     def wait_for(self, predicate: Callable[[], Any], timeout: float, what: str) -> Any:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            value = predicate()
+            try:
+                value = predicate()
+            except (ConnectionError, OSError, amqp.exceptions.ConnectionError):
+                self.reconnect()  # the broker closed this test's own connection: open another
+                value = None
             if value:
                 return value
             time.sleep(0.1)
