@@ -10,6 +10,7 @@ from typing import Any, Callable, Iterator
 
 import amqp.exceptions
 import pytest
+from nameko.exceptions import UnknownService
 from nameko.standalone.rpc import ClusterRpcProxy
 
 import shared.errors  # noqa: F401  (so refusals arrive as Corral's own errors)
@@ -129,6 +130,8 @@ class Farm:
             except (ConnectionError, OSError, amqp.exceptions.ConnectionError):
                 self.reconnect()  # the broker closed this test's own connection: open another
                 value = None
+            except UnknownService:
+                value = None  # not started yet
             if value:
                 return value
             time.sleep(0.1)

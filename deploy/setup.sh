@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Sourced by farm.sh and test.sh: a virtualenv with Corral installed, and the local services up.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${CORRAL_VENV:-$ROOT/.venv}"
+PYTHON="${PYTHON:-python3}"
+
+install_corral() {
+    if [ ! -x "$VENV/bin/python" ]; then
+        echo "corral: creating a virtualenv in $VENV"
+        "$PYTHON" -m venv "$VENV"
+    fi
+    local stamp="$VENV/.corral-installed"
+    if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
+        echo "corral: installing Corral and its dependencies"
+        "$VENV/bin/python" -m pip install --quiet --upgrade pip
+        "$VENV/bin/python" -m pip install --quiet -e "$ROOT[test]"
+        touch "$stamp"
+    fi
+}
+
+port_open() {
+    "$VENV/bin/python" - "$1" "$2" <<'PY'
+import socket, sys
+try:
+    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=1).close()
+except OSError:
+    sys.exit(1)
+PY
+}
+
+ensure_rabbitmq() {
+    if port_open 127.0.0.1 5672; then return 0; fi
+    if ! command -v rabbitmq-server >/dev/null; then
+        echo "corral: RabbitMQ is not running on 127.0.0.1:5672 and is not installed." >&2
+        echo "        Install it (Debian/Ubuntu: sudo apt-get install rabbitmq-server) and run again." >&2
+        return 1
+    fi
+    echo "corral: starting RabbitMQ (rabbitmq-server -detached)"
+    rabbitmq-server -detached
+    for _ in $(seq 1 60); do
+        if port_open 127.0.0.1 5672; then return 0; fi
+        sleep 1
+    done
+    echo "corral: RabbitMQ did not come up on 127.0.0.1:5672" >&2
+    return 1
+}
+
+ensure_postgresql() {
+    if port_open 127.0.0.1 5432; then return 0; fi
+    if ! command -v pg_ctlcluster >/dev/null; then
+        echo "corral: PostgreSQL is not running on 127.0.0.1:5432 and pg_ctlcluster is missing." >&2
+        return 1
+    fi
+    echo "corral: starting PostgreSQL"
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n 1)" main start
+    for _ in $(seq 1 30); do
+        if port_open 127.0.0.1 5432; then return 0; fi
+        sleep 1
+    done
+    echo "corral: PostgreSQL did not come up on 127.0.0.1:5432" >&2
+    return 1
+}

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# One command for the whole test suite: install, start RabbitMQ and PostgreSQL if needed, pytest.
+source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
+install_corral
+ensure_rabbitmq
+ensure_postgresql
+cd "$ROOT"
+exec "$VENV/bin/python" -m pytest "$@"

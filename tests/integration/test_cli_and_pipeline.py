@@ -1,0 +1,80 @@
+"""What a newcomer and a pipeline script do: `corral up`, `corral submit`, the README's script."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.integration.conftest import CONFIG, Farm
+
+EXAMPLE = ROOT / "deploy" / "examples" / "pipeline_submit.py"
+
+
+def corral(farm: Farm, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "services.cli", *args],
+                          env={**farm.env, "CORRAL_CONFIG": str(CONFIG)}, cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_readme_pipeline_script_submits_and_sees_its_job_finish(farm: Farm) -> None:
+    script = EXAMPLE.read_text()
+    assert script.strip() in (ROOT / "README.md").read_text()  # the README shows this very script
+    assert len(script.strip().splitlines()) <= 12
+    farm.start(workers=1)
+    done = subprocess.run([sys.executable, str(EXAMPLE)], env=farm.env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().endswith("done {'done': 4}")
+
+
+def test_submit_wait_reports_the_finished_job(farm: Farm) -> None:
+    farm.start(workers=1)
+    done = corral(farm, "submit", "--wait", "--json", "--name", "echo", "--", "echo", "hi there")
+    assert done.returncode == 0, done.stderr
+    job = json.loads(done.stdout)
+    assert job["state"] == "done" and job["name"] == "echo"
+    assert job["tasks"][0]["command"] == ["echo", "hi there"]
+    listing = json.loads(corral(farm, "jobs", "--json").stdout)
+    assert [j["id"] for j in listing["jobs"]] == [job["id"]]
+    workers = json.loads(corral(farm, "workers", "--json").stdout)
+    assert len(workers) == 1 and workers[0]["state"] in ("idle", "busy")
+
+
+def test_submit_of_a_bad_spec_names_the_field(farm: Farm) -> None:
+    farm.start_service("scheduler")
+    done = corral(farm, "submit", "--priority", "5000", "--", "true")
+    assert done.returncode == 1
+    assert "priority: 5000 is outside every band" in done.stderr
+
+
+def test_up_without_a_broker_says_how_to_start_one(farm: Farm) -> None:
+    farm.env["CORRAL_AMQP_URI"] = "amqp://guest:guest@127.0.0.1:1/"
+    done = corral(farm, "up")
+    assert done.returncode == 3
+    assert "rabbitmq-server -detached" in done.stderr
+
+
+def test_up_runs_the_whole_farm_and_stops_cleanly_on_ctrl_c(farm: Farm) -> None:
+    up = subprocess.Popen([sys.executable, "-m", "services.cli", "up", "--workers", "2",
+                           "--config", str(CONFIG)], env=farm.env, cwd=ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          start_new_session=True)
+    try:
+        farm.wait_for(lambda: len(farm.rpc.registry.list_workers(alive=True)) == 2, 60,
+                      "corral up to start two workers")
+        done = corral(farm, "submit", "--wait", "--json", "--", "true")
+        assert json.loads(done.stdout)["state"] == "done"
+    finally:
+        os.killpg(up.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        output, _ = up.communicate(timeout=60)
+    assert up.returncode == 0, output
+    assert "stopped" in output
+    time.sleep(0.5)
+    leftovers = subprocess.run(["pgrep", "-g", str(up.pid)], capture_output=True, text=True)
+    assert leftovers.stdout.strip() == ""
