@@ -5,35 +5,24 @@ eventlet.monkey_patch()  # noqa: E402  (nameko's standalone client runs green, a
 # Fixtures shared by every test: the real broker's vhosts and the real databases.
 
 import os
-import subprocess
 import uuid
-from pathlib import Path
 from typing import Iterator
 
 import pytest
 from sqlalchemy import create_engine, text
 
-ROOT = Path(__file__).resolve().parent.parent
-AMQP_HOST = os.environ.get("CORRAL_TEST_AMQP_HOST", "127.0.0.1:5672")
+from tests.farm import AMQP_HOST, ROOT, create_vhost, delete_vhost, rabbitmqctl  # noqa: F401
+
 POSTGRES_ADMIN_URL = os.environ.get("CORRAL_TEST_POSTGRES",
                                     "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
-
-
-def rabbitmqctl(*args: str) -> str:
-    done = subprocess.run(["rabbitmqctl", *args], capture_output=True, text=True, timeout=60)
-    if done.returncode != 0:
-        raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {done.stderr or done.stdout}")
-    return done.stdout
 
 
 @pytest.fixture
 def vhost() -> Iterator[str]:
     """A fresh RabbitMQ vhost for one test, deleted afterwards: no test sees another's messages."""
-    name = f"corral-test-{uuid.uuid4().hex[:10]}"
-    rabbitmqctl("add_vhost", name)
-    rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+    name = create_vhost()
     yield name
-    rabbitmqctl("delete_vhost", name)
+    delete_vhost(name)
 
 
 @pytest.fixture

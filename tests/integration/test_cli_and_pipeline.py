@@ -6,12 +6,10 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-import pytest
 
-from tests.conftest import ROOT
-from tests.integration.conftest import CONFIG, Farm
+from tests.farm import ROOT
+from tests.farm import CONFIG, Farm
 
 EXAMPLE = ROOT / "deploy" / "examples" / "pipeline_submit.py"
 

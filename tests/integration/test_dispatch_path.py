@@ -6,7 +6,7 @@ from pathlib import Path
 from kombu import Connection
 
 from shared.errors import InvalidSpec
-from tests.integration.conftest import Farm
+from tests.farm import Farm
 
 import pytest
 

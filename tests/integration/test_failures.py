@@ -5,8 +5,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from tests.conftest import rabbitmqctl
-from tests.integration.conftest import Farm
+from tests.farm import rabbitmqctl
+from tests.farm import Farm
 
 
 def ledger_task(ledger: Path, seconds: float) -> dict:
