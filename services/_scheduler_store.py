@@ -214,34 +214,57 @@ def submit_job(store: Store, plan: JobPlan) -> Outcome:
 # --- release ------------------------------------------------------------------------------------
 
 def plan_next_releases(store: Store, workers: Iterable[IdleWorker],
-                       bands_high_first: Sequence[str], fairness_window: int = 200) -> list[Release]:
-    """Choose the tasks to publish now, one per idle worker that serves their pool and band."""
+                       bands_high_first: Sequence[str], window: int = 16) -> list[Release]:
+    """Choose the tasks to publish now, one per idle worker that serves their pool and band.
+
+    Per pool and band it reads the first `slots + window` ready tasks in order, plus the oldest
+    task of every user in the best (head, priority) group, so fairness sees every user however
+    deep one user's backlog is.
+    """
     with store.read() as session:
-        now = store.now(session)
-        busy = set(session.scalars(select(Task.worker_id).where(Task.state == TaskState.RUNNING)))
+        in_flight = session.execute(
+            select(Task.state, Task.worker_id, Task.pool, Task.band, Task.user)
+            .where(Task.state.in_([TaskState.RUNNING, TaskState.DISPATCHED]))).all()  # type: ignore[attr-defined]
+        busy = {row[1] for row in in_flight if row[0] == TaskState.RUNNING}
         idle = [w for w in workers if w.worker_id not in busy]
+        if idle:
+            idle = absorb_dispatched(idle, [(row[2], row[3]) for row in in_flight
+                                            if row[0] == TaskState.DISPATCHED])
         if not idle:
             return []
-        dispatched = session.execute(
-            select(Task.pool, Task.band).where(Task.state == TaskState.DISPATCHED)).all()
-        idle = absorb_dispatched(idle, [(pool, band) for pool, band in dispatched])
-        if not idle:
-            return []
+        now = store.now(session)
         candidates: dict[tuple[str, str], list[Candidate]] = {}
         for (pool, band), slots in wanted_queues(idle).items():
+            ready = (Task.state == TaskState.QUEUED, Task.pool == pool, Task.band == band,
+                     Task.ready_at <= now)
             rows = session.execute(
-                select(Task.id, Task.attempt, Task.user, Task.priority, Task.head)
-                .where(Task.state == TaskState.QUEUED, Task.pool == pool, Task.band == band,
-                       Task.ready_at <= now)
+                select(Task.id, Task.attempt, Task.user, Task.priority, Task.head).where(*ready)
                 .order_by(Task.head.desc(), Task.priority.desc(), Task.id)  # type: ignore[attr-defined]
-                .limit(slots + fairness_window))
-            candidates[(pool, band)] = [Candidate(r[0], r[1], r[2], r[3], bool(r[4])) for r in rows]
-        if not any(candidates.values()):
+                .limit(slots + window)).all()
+            if not rows:
+                continue
+            queue = [Candidate(r[0], r[1], r[2], r[3], bool(r[4])) for r in rows]
+            top = queue[0]
+            seen_users = {c.user for c in queue}
+            oldest_per_user = session.execute(
+                select(func.min(Task.id)).where(*ready, Task.head == top.head,
+                                                Task.priority == top.priority)
+                .group_by(Task.user)).scalars().all()
+            missing = sorted(set(oldest_per_user) - {c.task_id for c in queue})
+            if missing and len(seen_users) < len(oldest_per_user):
+                extra = session.execute(
+                    select(Task.id, Task.attempt, Task.user, Task.priority, Task.head)
+                    .where(Task.id.in_(missing))).all()  # type: ignore[attr-defined]
+                group_end = sum(1 for c in queue if (c.head, c.priority) == (top.head,
+                                                                           top.priority))
+                queue[group_end:group_end] = [Candidate(r[0], r[1], r[2], r[3], bool(r[4]))
+                                              for r in extra if r[2] not in seen_users]
+            candidates[(pool, band)] = queue
+        if not candidates:
             return []
-        running_by_user = dict(session.execute(
-            select(Task.user, func.count())
-            .where(Task.state.in_([TaskState.RUNNING, TaskState.DISPATCHED]))  # type: ignore[attr-defined]
-            .group_by(Task.user)).all())
+    running_by_user: dict[str, int] = {}
+    for row in in_flight:
+        running_by_user[row[4]] = running_by_user.get(row[4], 0) + 1
     return plan_release(idle, candidates, running_by_user, bands_high_first)
 
 
@@ -545,14 +568,18 @@ def cancel_task(store: Store, task_id: int) -> Outcome:
 
 # --- reads --------------------------------------------------------------------------------------
 
-def get_job(store: Store, job_id: int, task_limit: int = 1000) -> dict[str, Any]:
+def get_job(store: Store, job_id: int, task_limit: int = 1000,
+            task_offset: int = 0) -> dict[str, Any]:
+    """A job with its counts by state and a page of its tasks (task_limit 0: counts only)."""
     with store.read() as session:
         job = _get_job(session, job_id)
         counts = job_counts(session, [job_id])[job_id]
-        tasks = session.scalars(select(Task).where(Task.job_id == job_id)
-                                .order_by(Task.index).limit(task_limit)).all()  # type: ignore[arg-type]
         data = _job_dict(job, counts)
-        data["tasks"] = [_task_dict(t) for t in tasks]
+        if task_limit > 0:
+            tasks = session.scalars(select(Task).where(Task.job_id == job_id)
+                                    .order_by(Task.index).offset(task_offset)  # type: ignore[arg-type]
+                                    .limit(task_limit)).all()
+            data["tasks"] = [_task_dict(t) for t in tasks]
         return data
 
 

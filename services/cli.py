@@ -234,9 +234,9 @@ def _watch(rpc: Any, job_id: int, quiet: bool = False) -> dict[str, Any]:
             finished = sum(job["counts"].get(s, 0) for s in ("done", "failed", "cancelled"))
             progress.update(bar, completed=finished, state=job["state"])
             if job["state"] in FINAL_JOB_STATES:
-                return job
+                return rpc.scheduler.get_job(job_id)
             time.sleep(0.5)
-            job = rpc.scheduler.get_job(job_id)
+            job = rpc.scheduler.get_job(job_id, task_limit=0)
 
 
 @app.command()

@@ -151,8 +151,8 @@ class SchedulerService:
         return outcome.reply
 
     @rpc(expected_exceptions=EXPECTED_EXCEPTIONS)
-    def get_job(self, job_id: int) -> dict[str, Any]:
-        return store_ops.get_job(self.core.store, int(job_id))
+    def get_job(self, job_id: int, task_limit: int = 1000, task_offset: int = 0) -> dict[str, Any]:
+        return store_ops.get_job(self.core.store, int(job_id), int(task_limit), int(task_offset))
 
     @rpc(expected_exceptions=EXPECTED_EXCEPTIONS)
     def list_jobs(self, state: str | None = None, user: str | None = None, page: int = 1,

@@ -190,6 +190,10 @@ class Worker:
             except Exception:  # the channel is already gone: so are its consumers
                 pass
 
+    async def _stop_consuming_then_ack(self, message: AbstractIncomingMessage) -> None:
+        await self._stop_consuming()
+        await _settle(message.ack())
+
     def _drop_inbox(self) -> None:
         while not self._inbox.empty():
             self._inbox.get_nowait()  # unacked on a dead channel: the broker redelivers them
@@ -222,9 +226,11 @@ class Worker:
             if claim is None or claim.get("status") != "claimed":
                 await _settle(message.ack())  # duplicate or stale delivery: nothing to start
                 continue
-            await self._stop_consuming()
-            await _settle(message.ack())
+            # The payload starts at once; consumers are cancelled and then the message acked
+            # alongside (no second message can arrive while this one is unacknowledged).
+            settle = asyncio.create_task(self._stop_consuming_then_ack(message))
             await self._run(claim)
+            await settle
             if not self._draining.is_set():
                 await self._start_consuming()
         log.info("stopped taking work")

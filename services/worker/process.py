@@ -7,7 +7,9 @@ import ctypes
 import json
 import os
 import re
+import shutil
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +17,7 @@ from typing import Any
 
 PROGRESS_LINE = re.compile(rb"^CORRAL_PROGRESS\s+(\d{1,3}(?:\.\d+)?)\s*$", re.MULTILINE)
 MAX_RESULT_BYTES = 1 << 20
+SETPRIV = shutil.which("setpriv") if sys.platform == "linux" else None
 _PR_SET_PDEATHSIG = 1
 
 
@@ -55,6 +58,16 @@ class TaskRun:
     def argv(self) -> list[str]:
         return ["/bin/sh", "-c", self.command[0]] if self.shell else list(self.command)
 
+    def _spawn_argv(self) -> tuple[list[str], Any]:
+        """The argv to exec, and a preexec_fn if one is needed, so the payload dies with us.
+
+        util-linux's setpriv sets the parent-death signal and execs the payload; spawning it
+        keeps Python's fast vfork path (about 1 ms here against 2 ms for a preexec_fn).
+        """
+        if SETPRIV:
+            return [SETPRIV, "--pdeathsig", "KILL", "--", *self.argv()], None
+        return self.argv(), _die_with_worker
+
     def scan_progress(self) -> int:
         """Read the log written since the last scan for `CORRAL_PROGRESS n` lines."""
         try:
@@ -86,12 +99,20 @@ class TaskRun:
         if self.cwd is not None and not os.path.isdir(self.cwd):
             self.reason = f"working directory {self.cwd} does not exist"
             return
+        program = self.argv()[0]
+        if shutil.which(program, path=env.get("PATH")) is None and not (
+                "/" not in program and self.cwd and os.access(os.path.join(self.cwd, program),
+                                                              os.X_OK)):
+            self.reason = f"could not start {program!r}: no such executable"
+            self._note(self.reason)
+            return
         with open(self.log_path, "ab") as log:
             try:
+                argv, preexec = self._spawn_argv()
                 self._process = await asyncio.create_subprocess_exec(
-                    *self.argv(), stdin=asyncio.subprocess.DEVNULL, stdout=log,
+                    *argv, stdin=asyncio.subprocess.DEVNULL, stdout=log,
                     stderr=asyncio.subprocess.STDOUT, env=env, cwd=self.cwd,
-                    start_new_session=True, preexec_fn=_die_with_worker)
+                    start_new_session=True, preexec_fn=preexec)
             except (FileNotFoundError, PermissionError, OSError) as exc:
                 self.reason = f"could not start {self.argv()[0]!r}: {exc.strerror or exc}"
                 log.write(f"corral: {self.reason}\n".encode())
@@ -131,6 +152,7 @@ class TaskRun:
             return None
 
     def _note(self, text: str) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             log.write(f"corral: {text}\n".encode())
 

@@ -111,3 +111,10 @@ def test_bad_spec_is_refused_naming_the_field_and_nothing_is_stored(farm: Farm, 
         farm.rpc.scheduler.submit_job(spec)
     assert str(refused.value).startswith(f"{field}:")
     assert farm.rpc.scheduler.list_jobs()["total"] == 0
+
+
+def test_missing_program_fails_with_a_clear_reason(farm: Farm) -> None:
+    farm.start(workers=1)
+    job = farm.submit([{"command": ["no-such-renderer", "-f", "1"]}])
+    done = farm.wait_for_job(job["id"])
+    assert done["tasks"][0]["reason"] == "could not start 'no-such-renderer': no such executable"

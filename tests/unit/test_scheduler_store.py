@@ -219,3 +219,12 @@ def test_list_jobs_filters_and_pages(scheduler_store: Store) -> None:
     listing = ops.list_jobs(scheduler_store, user="a", page=1, page_size=1)
     assert listing["total"] == 2 and len(listing["jobs"]) == 1
     assert listing["jobs"][0]["user"] == "a"
+
+
+def test_fairness_sees_a_user_behind_a_deep_backlog_of_another(scheduler_store: Store) -> None:
+    a_tasks = task_ids(scheduler_store, submit(scheduler_store, tasks=300, user="a")["id"])
+    claim(scheduler_store, a_tasks[0], "w1")
+    b_task = task_ids(scheduler_store, submit(scheduler_store, user="b")["id"])[0]
+    plan = ops.plan_next_releases(scheduler_store, [IdleWorker("w2", "cpu", ALL_BANDS)],
+                                  ["high", "normal", "low"])
+    assert [r.task_id for r in plan] == [b_task]
