@@ -18,12 +18,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import socket
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from kombu import Connection, Exchange, Queue
 
 from tests.farm import AMQP_HOST, Farm, create_vhost, delete_vhost
 
@@ -41,23 +45,46 @@ def summary(values_ms: list[float]) -> dict[str, float]:
             "max_ms": round(max(values_ms), 2)}
 
 
-def wait_done(farm: Farm, job_id: int, timeout: float) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = farm.rpc.scheduler.get_job(job_id, task_limit=0)
-        if job["state"] in ("done", "failed", "cancelled"):
-            return farm.rpc.scheduler.get_job(job_id, task_limit=100000)
-        time.sleep(0.005)
-    raise TimeoutError(f"job {job_id} did not finish in {timeout}s")
+class JobWatcher:
+    """Waits for `job_finished` events instead of polling, so the benchmark adds no load."""
+
+    def __init__(self, amqp_uri: str) -> None:
+        self.connection = Connection(amqp_uri)
+        exchange = Exchange("scheduler.events", type="topic", durable=True)
+        self.queue = Queue(exclusive=True, auto_delete=True, exchange=exchange,
+                           routing_key="job_finished")
+        self.finished: set[int] = set()
+        self.consumer = self.connection.Consumer([self.queue], callbacks=[self._on_event],
+                                                 accept=["json"])
+        self.consumer.consume()
+
+    def _on_event(self, body: dict[str, Any], message: Any) -> None:
+        self.finished.add(int(body["job_id"]))
+        message.ack()
+
+    def wait(self, farm: Farm, job_id: int, timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while job_id not in self.finished:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"job {job_id} did not finish in {timeout}s")
+            try:
+                self.connection.drain_events(timeout=min(remaining, 1.0))
+            except socket.timeout:
+                pass
+        return farm.rpc.scheduler.get_job(job_id, task_limit=100000)
+
+    def close(self) -> None:
+        self.connection.release()
 
 
-def sequential(farm: Farm, count: int) -> dict[str, Any]:
+def sequential(farm: Farm, watcher: JobWatcher, count: int) -> dict[str, Any]:
     accepted_to_start, call, sent_to_start = [], [], []
     for _ in range(count):
         sent = time.time()
         job = farm.rpc.scheduler.submit_job({"tasks": [{"command": ["true"]}]})
         accepted = time.time()
-        done = wait_done(farm, job["id"], 30)
+        done = watcher.wait(farm, job["id"], 30)
         task = farm.rpc.scheduler.get_task(done["tasks"][0]["id"])
         started = task["attempts"][-1]["process_started_at"]
         accepted_to_start.append((started - accepted) * 1000)
@@ -67,11 +94,11 @@ def sequential(farm: Farm, count: int) -> dict[str, Any]:
             "submit_call": summary(call), "sent_to_started": summary(sent_to_start)}
 
 
-def burst(farm: Farm, count: int) -> dict[str, Any]:
+def burst(farm: Farm, watcher: JobWatcher, count: int) -> dict[str, Any]:
     submitted = time.time()
     job = farm.rpc.scheduler.submit_job({"tasks": [{"command": ["true"]}] * count})
     accepted = time.time()
-    done = wait_done(farm, job["id"], 600)
+    done = watcher.wait(farm, job["id"], 600)
     starts, ends = [], []
     for summary_row in done["tasks"]:
         attempts = farm.rpc.scheduler.get_task(summary_row["id"])["attempts"]
@@ -102,11 +129,12 @@ def main() -> int:
         try:
             farm.start(workers=args.workers)
             time.sleep(3)  # let the scheduler learn every worker
-            sequential(farm, 10)  # warm-up: imports, first connections, SQLite pages
-            report = {"machine_cores": __import__("os").cpu_count(),
-                      "workers": args.workers,
-                      "sequential": sequential(farm, args.sequential),
-                      "burst": burst(farm, args.burst)}
+            watcher = JobWatcher(farm.amqp_uri)
+            sequential(farm, watcher, 10)  # warm-up: first connections, SQLite pages
+            report = {"machine_cores": os.cpu_count(), "workers": args.workers,
+                      "sequential": sequential(farm, watcher, args.sequential),
+                      "burst": burst(farm, watcher, args.burst)}
+            watcher.close()
         finally:
             farm.stop()
             delete_vhost(vhost)

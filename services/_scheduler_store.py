@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Iterable, Sequence
 
-from sqlalchemy import Index, func, select, update
+from sqlalchemy import Index, func, select, text, update
 from sqlalchemy.orm import Session, registry
 from sqlmodel import Field, SQLModel
 
@@ -56,6 +56,7 @@ class AttemptState(StrEnum):
 
 
 FINAL_TASK_STATES = (TaskState.DONE, TaskState.FAILED, TaskState.CANCELLED)
+OPEN_TASK_STATES = (TaskState.QUEUED, TaskState.DISPATCHED, TaskState.RUNNING)
 
 
 class Job(SchedulerTable, table=True):
@@ -73,9 +74,14 @@ class Job(SchedulerTable, table=True):
 
 
 class Task(SchedulerTable, table=True):
+    # Release reads tasks in exactly this index's order, so a pass stops after a few rows
+    # whatever the backlog; the fairness index lets it step from user to user in log time.
     __table_args__ = (
-        Index("ix_task_release", "state", "pool", "band", "head", "priority", "id"),
+        Index("ix_task_release", "state", "pool", "band", text("head DESC"),
+              text("priority DESC"), "id"),
+        Index("ix_task_fairness", "state", "pool", "band", "head", "priority", "user", "id"),
         Index("ix_task_lease", "state", "lease_expires_at"),
+        Index("ix_task_job_state", "job_id", "state"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -246,19 +252,20 @@ def plan_next_releases(store: Store, workers: Iterable[IdleWorker],
             queue = [Candidate(r[0], r[1], r[2], r[3], bool(r[4])) for r in rows]
             top = queue[0]
             seen_users = {c.user for c in queue}
-            oldest_per_user = session.execute(
-                select(func.min(Task.id)).where(*ready, Task.head == top.head,
-                                                Task.priority == top.priority)
-                .group_by(Task.user)).scalars().all()
-            missing = sorted(set(oldest_per_user) - {c.task_id for c in queue})
-            if missing and len(seen_users) < len(oldest_per_user):
-                extra = session.execute(
+            extra = []
+            for user in _users_in_group(session, pool, band, top.head, top.priority):
+                if user in seen_users:
+                    continue
+                row = session.execute(
                     select(Task.id, Task.attempt, Task.user, Task.priority, Task.head)
-                    .where(Task.id.in_(missing))).all()  # type: ignore[attr-defined]
-                group_end = sum(1 for c in queue if (c.head, c.priority) == (top.head,
-                                                                           top.priority))
-                queue[group_end:group_end] = [Candidate(r[0], r[1], r[2], r[3], bool(r[4]))
-                                              for r in extra if r[2] not in seen_users]
+                    .where(*ready, Task.head == top.head, Task.priority == top.priority,
+                           Task.user == user).order_by(Task.id).limit(1)).first()
+                if row is not None:
+                    extra.append(Candidate(row[0], row[1], row[2], row[3], bool(row[4])))
+            if extra:
+                group_end = sum(1 for c in queue
+                                if (c.head, c.priority) == (top.head, top.priority))
+                queue[group_end:group_end] = sorted(extra, key=lambda c: c.task_id)
             candidates[(pool, band)] = queue
         if not candidates:
             return []
@@ -266,6 +273,29 @@ def plan_next_releases(store: Store, workers: Iterable[IdleWorker],
     for row in in_flight:
         running_by_user[row[4]] = running_by_user.get(row[4], 0) + 1
     return plan_release(idle, candidates, running_by_user, bands_high_first)
+
+
+_USERS_IN_GROUP = text("""
+WITH RECURSIVE users(name) AS (
+    SELECT MIN("user") FROM task
+     WHERE state = :state AND pool = :pool AND band = :band AND head = :head
+       AND priority = :priority
+    UNION ALL
+    SELECT (SELECT MIN("user") FROM task
+             WHERE state = :state AND pool = :pool AND band = :band AND head = :head
+               AND priority = :priority AND "user" > users.name)
+      FROM users WHERE users.name IS NOT NULL
+)
+SELECT name FROM users WHERE name IS NOT NULL LIMIT :most
+""")
+
+
+def _users_in_group(session: Session, pool: str, band: str, head: bool, priority: int,
+                    most: int = 1000) -> list[str]:
+    """Users with queued tasks at this (head, priority): a skip scan, one index probe each."""
+    return list(session.execute(_USERS_IN_GROUP, {
+        "state": TaskState.QUEUED.value, "pool": pool, "band": band, "head": head,
+        "priority": priority, "most": most}).scalars())
 
 
 def mark_dispatched(store: Store, releases: Sequence[Release]) -> None:
@@ -387,10 +417,10 @@ def _finish_job_if_complete(session: Session, job_id: int,
     job = session.get(Job, job_id)
     if job is None or job.state in (JobState.DONE, JobState.FAILED, JobState.CANCELLED):
         return []
-    open_tasks = session.scalar(
-        select(func.count()).where(Task.job_id == job_id,
-                                   Task.state.notin_(FINAL_TASK_STATES)))  # type: ignore[attr-defined]
-    if open_tasks:
+    open_task = session.scalar(
+        select(Task.id).where(Task.job_id == job_id,
+                              Task.state.in_(OPEN_TASK_STATES)).limit(1))  # type: ignore[attr-defined]
+    if open_task is not None:
         return []
     failed = session.scalar(select(func.count()).where(
         Task.job_id == job_id, Task.state == TaskState.FAILED))
