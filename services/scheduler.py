@@ -26,6 +26,7 @@ from services._dispatch import IdleWorker, Release
 from shared.bands import queue_name
 from shared import events
 from shared.config import Settings, settings_from_mapping
+from shared.contracts import RegistryRpc
 from shared.db import Store, create_db_engine
 from shared.errors import EXPECTED_EXCEPTIONS
 from shared.spec import validate_job_spec
@@ -132,7 +133,7 @@ class SchedulerService:
 
     core: Dispatcher = SchedulerCore()
     dispatch = EventDispatcher()
-    registry = ServiceRpc("registry")
+    registry: RegistryRpc = ServiceRpc("registry")
 
     def _emit(self, emitted: list[tuple[str, dict[str, Any]]]) -> None:
         for event_type, payload in emitted:

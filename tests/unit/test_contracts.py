@@ -1,0 +1,35 @@
+"""Each service's RPC Protocol in shared/contracts.py matches its @rpc methods exactly."""
+
+import inspect
+
+import pytest
+
+from services.registry import RegistryService
+from services.scheduler import SchedulerService
+from shared.contracts import RegistryRpc, SchedulerRpc
+
+
+def rpc_methods(service: type) -> dict[str, inspect.Signature]:
+    found = {}
+    for name, member in inspect.getmembers(service, inspect.isfunction):
+        entrypoints = getattr(member, "nameko_entrypoints", set())
+        if any(type(e).__name__ == "Rpc" for e in entrypoints):
+            found[name] = inspect.signature(member)
+    return found
+
+
+def protocol_methods(protocol: type) -> dict[str, inspect.Signature]:
+    return {name: inspect.signature(member)
+            for name, member in inspect.getmembers(protocol, inspect.isfunction)
+            if not name.startswith("_")}
+
+
+@pytest.mark.parametrize(("service", "protocol"), [(SchedulerService, SchedulerRpc),
+                                                   (RegistryService, RegistryRpc)])
+def test_protocol_lists_every_rpc_method_with_the_same_parameters(service, protocol) -> None:
+    served, promised = rpc_methods(service), protocol_methods(protocol)
+    assert sorted(served) == sorted(promised)
+    for name, signature in served.items():
+        expected = [(p.name, p.default) for p in promised[name].parameters.values()]
+        actual = [(p.name, p.default) for p in signature.parameters.values()]
+        assert actual == expected, name
