@@ -17,9 +17,9 @@ no gap over 100 ms.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -70,7 +70,7 @@ class JobWatcher:
                 raise TimeoutError(f"job {job_id} did not finish in {timeout}s")
             try:
                 self.connection.drain_events(timeout=min(remaining, 1.0))
-            except socket.timeout:
+            except TimeoutError:
                 pass
         return farm.rpc.scheduler.get_job(job_id, task_limit=100000)
 
@@ -105,7 +105,7 @@ def burst(farm: Farm, watcher: JobWatcher, count: int) -> dict[str, Any]:
         starts.append(attempts[-1]["process_started_at"])
         ends.append(attempts[-1]["process_ended_at"])
     starts.sort()
-    gaps = [(b - a) * 1000 for a, b in zip(starts, starts[1:])]
+    gaps = [(b - a) * 1000 for a, b in itertools.pairwise(starts)]
     span = max(ends) - starts[0]
     return {"tasks": count, "state": done["state"], "submit_call_ms":
             round((accepted - submitted) * 1000, 1),

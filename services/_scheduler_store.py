@@ -9,16 +9,24 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from sqlalchemy import Index, func, select, text, update
 from sqlalchemy.orm import Session, registry
 from sqlmodel import Field, SQLModel
 
-from services._dispatch import Candidate, IdleWorker, Release, absorb_dispatched, plan_release, \
-    should_retry, wanted_queues
+from services._dispatch import (
+    Candidate,
+    IdleWorker,
+    Release,
+    absorb_dispatched,
+    plan_release,
+    should_retry,
+    wanted_queues,
+)
 from shared import events
 from shared.db import Store
 from shared.errors import InvalidState, NotFound, StaleLease

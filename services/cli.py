@@ -7,9 +7,10 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -30,7 +31,7 @@ JsonOption = typer.Option(False, "--json", help="Print JSON instead of a table."
 FINAL_JOB_STATES = ("done", "failed", "cancelled")
 
 
-def _settings(config: Optional[Path]) -> Settings:
+def _settings(config: Path | None) -> Settings:
     try:
         return load_settings(config)
     except ConfigError as exc:
@@ -89,7 +90,7 @@ def _ago(timestamp: float | None) -> str:
 # --- running the farm ---------------------------------------------------------------------------
 
 @app.command()
-def up(config: Optional[Path] = ConfigOption,
+def up(config: Path | None = ConfigOption,
        workers: int = typer.Option(2, "--workers", "-w", min=0, help="Workers to start."),
        pool: str = typer.Option("cpu", help="Pool of the started workers."),
        bands: str = typer.Option("", help="Bands the workers serve (default: all)."),
@@ -108,12 +109,12 @@ def up(config: Optional[Path] = ConfigOption,
 
 
 @app.command()
-def worker(config: Optional[Path] = ConfigOption,
+def worker(config: Path | None = ConfigOption,
            pool: str = typer.Option("cpu", help="Pool whose queues this worker consumes."),
            bands: str = typer.Option("", help="Comma-separated bands to serve (default: all)."),
            on_stop: str = typer.Option("finish", help="On SIGTERM: 'finish' the running task, "
                                                        "or 'hand-back' to kill and requeue it."),
-           nice: Optional[int] = typer.Option(None, help="Process priority (nice) for payloads."),
+           nice: int | None = typer.Option(None, help="Process priority (nice) for payloads."),
            ) -> None:
     """Run one worker: one payload at a time from the pool's band queues."""
     from services.worker.main import DrainMode, run_worker
@@ -143,18 +144,18 @@ def _parse_env(items: list[str]) -> dict[str, str]:
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def submit(ctx: typer.Context, config: Optional[Path] = ConfigOption,
+def submit(ctx: typer.Context, config: Path | None = ConfigOption,
            name: str = typer.Option("job", help="Job name."),
            user: str = typer.Option(None, help="Owner (default: your login)."),
            pool: str = typer.Option("cpu", help="Pool to run in."),
            priority: int = typer.Option(50, help="Priority; its band decides which workers."),
            env: list[str] = typer.Option([], "--env", "-e", help="KEY=VALUE, repeatable."),
-           cwd: Optional[str] = typer.Option(None, help="Working directory of the task."),
+           cwd: str | None = typer.Option(None, help="Working directory of the task."),
            max_attempts: int = typer.Option(1, help="Attempts before the task fails."),
            retry_delay: float = typer.Option(0, help="Seconds between attempts."),
-           timeout: Optional[float] = typer.Option(None, help="Wall-clock limit in seconds."),
+           timeout: float | None = typer.Option(None, help="Wall-clock limit in seconds."),
            shell: bool = typer.Option(False, help="Run the command through /bin/sh -c."),
-           spec: Optional[Path] = typer.Option(None, help="Submit a JSON job spec file instead."),
+           spec: Path | None = typer.Option(None, help="Submit a JSON job spec file instead."),
            wait: bool = typer.Option(False, help="Wait for the job and show its progress."),
            as_json: bool = JsonOption) -> None:
     """Submit a job: `corral submit [options] -- CMD ARGS...`, or `--spec job.json`."""
@@ -194,9 +195,9 @@ def submit(ctx: typer.Context, config: Optional[Path] = ConfigOption,
 
 
 @app.command()
-def jobs(config: Optional[Path] = ConfigOption,
-         state: Optional[str] = typer.Option(None, help="Only jobs in this state."),
-         user: Optional[str] = typer.Option(None, help="Only this user's jobs."),
+def jobs(config: Path | None = ConfigOption,
+         state: str | None = typer.Option(None, help="Only jobs in this state."),
+         user: str | None = typer.Option(None, help="Only this user's jobs."),
          page: int = typer.Option(1, min=1), page_size: int = typer.Option(50, min=1, max=1000),
          as_json: bool = JsonOption) -> None:
     """List jobs, newest first."""
@@ -240,7 +241,7 @@ def _watch(rpc: Any, job_id: int, quiet: bool = False) -> dict[str, Any]:
 
 
 @app.command()
-def job(job_id: int, config: Optional[Path] = ConfigOption,
+def job(job_id: int, config: Path | None = ConfigOption,
         watch: bool = typer.Option(False, "--watch", help="Follow progress until it ends."),
         as_json: bool = JsonOption) -> None:
     """Show one job and its tasks."""
@@ -258,7 +259,7 @@ def job(job_id: int, config: Optional[Path] = ConfigOption,
 
 
 @app.command()
-def task(task_id: int, config: Optional[Path] = ConfigOption, as_json: bool = JsonOption) -> None:
+def task(task_id: int, config: Path | None = ConfigOption, as_json: bool = JsonOption) -> None:
     """Show one task, every attempt, and the log tail of a failure."""
     with rpc_client(_settings(config)) as rpc:
         try:
@@ -284,7 +285,7 @@ def task(task_id: int, config: Optional[Path] = ConfigOption, as_json: bool = Js
 
 @app.command()
 def cancel(object_id: int = typer.Argument(..., metavar="ID"),
-           config: Optional[Path] = ConfigOption,
+           config: Path | None = ConfigOption,
            is_task: bool = typer.Option(False, "--task", help="ID is a task, not a job."),
            as_json: bool = JsonOption) -> None:
     """Cancel a job (or with --task one task); running processes are killed."""
@@ -301,7 +302,7 @@ def cancel(object_id: int = typer.Argument(..., metavar="ID"),
 
 
 @app.command()
-def workers(config: Optional[Path] = ConfigOption,
+def workers(config: Path | None = ConfigOption,
             show_all: bool = typer.Option(False, "--all", help="Include lost and departed."),
             as_json: bool = JsonOption) -> None:
     """List the farm's workers."""
@@ -319,7 +320,7 @@ def workers(config: Optional[Path] = ConfigOption,
 
 
 @app.command()
-def status(config: Optional[Path] = ConfigOption, as_json: bool = JsonOption) -> None:
+def status(config: Path | None = ConfigOption, as_json: bool = JsonOption) -> None:
     """The farm at a glance: workers by state, queue depths, services."""
     with rpc_client(_settings(config)) as rpc:
         overview = rpc.registry.farm_overview()

@@ -13,7 +13,6 @@ import threading
 from typing import Any
 
 import eventlet
-
 from nameko import config
 from nameko.events import EventDispatcher, event_handler
 from nameko.extensions import DependencyProvider
@@ -23,8 +22,8 @@ from nameko.timer import timer
 from services import _scheduler_store as store_ops
 from services._band_publisher import BandPublisher
 from services._dispatch import IdleWorker, Release
-from shared.bands import queue_name
 from shared import events
+from shared.bands import queue_name
 from shared.config import Settings, settings_from_mapping
 from shared.contracts import RegistryRpc
 from shared.db import Store, create_db_engine
@@ -246,7 +245,8 @@ class SchedulerService:
             with eventlet.Timeout(self.core.settings.rpc_timeout_seconds):
                 workers = self.registry.list_workers(alive=True)
                 self.registry.service_heartbeat(self.name, socket.gethostname())
-        except (Exception, eventlet.Timeout) as exc:  # registry down: keep what we know, events will catch us up
+        except (Exception, eventlet.Timeout) as exc:
+            # Registry down: keep what we know; its events will catch us up.
             log.warning("could not refresh workers from the registry: %s", exc)
             return
         live = {w["worker_id"] for w in workers}

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from shared.errors import ConfigError
 
@@ -37,7 +39,7 @@ def parse_bands(value: Any) -> tuple[Band, ...]:
     else:
         raise ConfigError("bands must be a mapping of name to [low, high]")
     bands.sort()
-    for before, after in zip(bands, bands[1:]):
+    for before, after in itertools.pairwise(bands):
         if after.low <= before.high:
             raise ConfigError(f"bands {before.name!r} and {after.name!r} overlap")
     return tuple(bands)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -74,7 +75,7 @@ class Settings(BaseModel):
             raise ValueError(str(exc)) from exc
 
     @model_validator(mode="after")
-    def _heartbeat_fits_in_lease(self) -> "Settings":
+    def _heartbeat_fits_in_lease(self) -> Settings:
         if self.heartbeat_seconds * 2 > self.lease_seconds:
             raise ValueError(
                 f"heartbeat_seconds ({self.heartbeat_seconds}) must be at most half of "

@@ -6,7 +6,7 @@ eventlet.monkey_patch()  # noqa: E402  (nameko's standalone client runs green, a
 
 import os
 import uuid
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import create_engine, text

@@ -6,8 +6,9 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import amqp.exceptions
 from nameko.exceptions import UnknownService

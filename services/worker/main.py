@@ -18,8 +18,7 @@ from enum import StrEnum
 from typing import Any
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, \
-    AbstractQueue
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueue
 
 from services.worker.process import TaskRun
 from services.worker.rpc import AsyncRpcClient, RpcUnavailable
@@ -112,7 +111,7 @@ class Worker:
                 delay = min(delay * 2, 5.0)
                 continue
             closed = asyncio.Event()
-            connection.close_callbacks.add(lambda *_: closed.set())
+            connection.close_callbacks.add(lambda *_, closed=closed: closed.set())
             try:
                 await self._set_up(connection)
                 delay = 0.2
@@ -331,7 +330,7 @@ class Worker:
             try:
                 await asyncio.wait_for(self._connected.wait(), self.settings.rpc_timeout_seconds)
                 return await self._rpc_call(service, method, **kwargs)
-            except (RpcUnavailable, asyncio.TimeoutError) as exc:
+            except (TimeoutError, RpcUnavailable) as exc:
                 if attempts is not None and tried >= attempts:
                     raise RpcUnavailable(str(exc)) from None
                 log.warning("%s.%s unanswered (%s); trying again", service, method, exc)

@@ -14,8 +14,13 @@ import uuid
 from typing import Any
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, \
-    AbstractIncomingMessage, AbstractQueue
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractConnection,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+)
 from nameko.exceptions import deserialize
 
 import shared.errors  # noqa: F401  (registers Corral's errors so they deserialise as themselves)
@@ -60,7 +65,8 @@ class AsyncRpcClient:
         if future is not None and not future.done():
             future.set_result(json.loads(message.body))
 
-    async def call(self, service: str, method: str, *, timeout: float, **kwargs: Any) -> Any:
+    async def call(self, service: str, method: str, *, timeout: float,  # noqa: ASYNC109
+                   **kwargs: Any) -> Any:
         """Call `service.method(**kwargs)`; raise the service's error, or RpcUnavailable."""
         if self._exchange is None or self._channel is None or self._channel.is_closed:
             raise RpcUnavailable("not connected")
@@ -76,7 +82,7 @@ class AsyncRpcClient:
             await self._exchange.publish(message, routing_key=f"{service}.{method}",
                                          mandatory=True, timeout=timeout)
             reply = await asyncio.wait_for(future, timeout)
-        except (asyncio.TimeoutError, aio_pika.exceptions.AMQPError, ConnectionError) as exc:
+        except (TimeoutError, aio_pika.exceptions.AMQPError, ConnectionError) as exc:
             raise RpcUnavailable(f"{service}.{method}: {type(exc).__name__} {exc}") from None
         except aio_pika.exceptions.DeliveryError as exc:
             raise RpcUnavailable(f"{service}.{method}: not delivered ({exc})") from None

@@ -1,7 +1,7 @@
 # A real farm for each integration test, on the test's own fresh vhost.
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 

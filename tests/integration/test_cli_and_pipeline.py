@@ -7,17 +7,15 @@ import subprocess
 import sys
 import time
 
-
-from tests.farm import ROOT
-from tests.farm import CONFIG, Farm
+from tests.farm import CONFIG, ROOT, Farm
 
 EXAMPLE = ROOT / "deploy" / "examples" / "pipeline_submit.py"
 
 
 def corral(farm: Farm, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "services.cli", *args],
-                          env={**farm.env, "CORRAL_CONFIG": str(CONFIG)}, cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout)
+                          env={**farm.env, "CORRAL_CONFIG": str(CONFIG)}, cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def test_readme_pipeline_script_submits_and_sees_its_job_finish(farm: Farm) -> None:

@@ -3,12 +3,11 @@
 import json
 from pathlib import Path
 
+import pytest
 from kombu import Connection
 
 from shared.errors import InvalidSpec
 from tests.farm import Farm
-
-import pytest
 
 
 def completions(path: Path) -> list[str]:

@@ -5,8 +5,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from tests.farm import rabbitmqctl
-from tests.farm import Farm
+from tests.farm import Farm, rabbitmqctl
 
 
 def ledger_task(ledger: Path, seconds: float) -> dict:

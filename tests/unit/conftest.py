@@ -1,7 +1,7 @@
 # Stores on both real databases: SQLite files and a fresh PostgreSQL database.
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 

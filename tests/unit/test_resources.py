@@ -10,8 +10,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from shared.errors import InvalidSpec
-from shared.resources import (GpuInfo, HostLedger, HostTotals, Reservation, Resources,
-                              detect_host_totals, format_size, grant, parse_size)
+from shared.resources import (
+    GpuInfo,
+    HostLedger,
+    HostTotals,
+    Reservation,
+    Resources,
+    detect_host_totals,
+    format_size,
+    grant,
+    parse_size,
+)
 
 GB = 1024
 
