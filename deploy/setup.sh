@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Sourced by farm.sh and test.sh: a virtualenv with Corral installed, and the local services up.
+# Sourced by farm.sh and test.sh: a virtualenv with Corral installed, the local services up, and
+# for the tests the docker-compose validator.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${CORRAL_VENV:-$ROOT/.venv}"
@@ -60,4 +61,32 @@ ensure_postgresql() {
     done
     echo "corral: PostgreSQL did not come up on 127.0.0.1:5432" >&2
     return 1
+}
+
+ensure_compose_validator() {
+    # The tests validate docker-compose.yml with `docker-compose config -q`, which needs no engine.
+    if command -v docker-compose >/dev/null; then return 0; fi
+    local sudo=""
+    if [ "$(id -u)" -ne 0 ]; then
+        if ! command -v sudo >/dev/null; then
+            echo "corral: docker-compose is missing (the tests validate docker-compose.yml with it)." >&2
+            echo "        Install it (Debian/Ubuntu: sudo apt-get install docker-compose) and run again." >&2
+            return 1
+        fi
+        sudo="sudo"
+    fi
+    if ! command -v apt-get >/dev/null; then
+        echo "corral: docker-compose is missing (the tests validate docker-compose.yml with it)" >&2
+        echo "        and apt-get is not available: install docker-compose 1.29 or later and run again." >&2
+        return 1
+    fi
+    echo "corral: installing docker-compose to validate docker-compose.yml (apt-get install docker-compose)"
+    # No recommends: the validator needs no Docker engine, and docker.io would bring one.
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        docker-compose </dev/null >/dev/null
+    if ! command -v docker-compose >/dev/null; then
+        echo "corral: docker-compose is still missing after apt-get install docker-compose" >&2
+        return 1
+    fi
 }
