@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Index, func, select, text, update
+from sqlalchemy import Index, and_, func, or_, select, text, update
 from sqlalchemy.orm import Session, registry
 from sqlmodel import Field, SQLModel
 
@@ -29,7 +29,7 @@ from services._dispatch import (
 )
 from shared import events
 from shared.db import Store
-from shared.errors import InvalidState, NotFound, StaleLease
+from shared.errors import InvalidSpec, InvalidState, NotFound, StaleLease
 from shared.spec import JobPlan
 
 
@@ -46,6 +46,7 @@ class JobState(StrEnum):
 
 
 class TaskState(StrEnum):
+    WAITING = "waiting"        # dependencies (tasks, layers, other jobs) not done yet
     QUEUED = "queued"          # ready; waiting for an idle worker
     DISPATCHED = "dispatched"  # its message is in a band queue
     RUNNING = "running"        # claimed under a lease
@@ -64,7 +65,7 @@ class AttemptState(StrEnum):
 
 
 FINAL_TASK_STATES = (TaskState.DONE, TaskState.FAILED, TaskState.CANCELLED)
-OPEN_TASK_STATES = (TaskState.QUEUED, TaskState.DISPATCHED, TaskState.RUNNING)
+ACTIVE_TASK_STATES = (TaskState.QUEUED, TaskState.DISPATCHED, TaskState.RUNNING)
 
 
 class Job(SchedulerTable, table=True):
@@ -76,6 +77,7 @@ class Job(SchedulerTable, table=True):
     band: str
     state: str = Field(default=JobState.QUEUED, index=True)
     task_count: int = 0
+    depends_on: str = "[]"  # JSON list of job ids
     created_at: float
     started_at: float | None = None
     finished_at: float | None = None
@@ -90,12 +92,17 @@ class Task(SchedulerTable, table=True):
         Index("ix_task_fairness", "state", "pool", "band", "head", "priority", "user", "id"),
         Index("ix_task_lease", "state", "lease_expires_at"),
         Index("ix_task_job_state", "job_id", "state"),
+        Index("ix_task_job_layer_state", "job_id", "layer", "state"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
     job_id: int = Field(index=True, foreign_key="job.id")
     index: int
     name: str
+    layer: str | None = None
+    frame_start: int | None = None
+    frame_end: int | None = None
+    frame_count: int | None = None
     user: str
     pool: str
     band: str
@@ -127,6 +134,18 @@ class Task(SchedulerTable, table=True):
     created_at: float
     started_at: float | None = None
     finished_at: float | None = None
+
+
+class TaskDependency(SchedulerTable, table=True):
+    """One thing a waiting task waits for: a task, a whole layer of a job, or a whole job."""
+
+    __tablename__ = "task_dependency"
+
+    id: int | None = Field(default=None, primary_key=True)
+    task_id: int = Field(index=True, foreign_key="task.id")
+    depends_on_task_id: int | None = Field(default=None, index=True)
+    depends_on_job_id: int | None = Field(default=None, index=True)
+    depends_on_layer: str | None = None  # with depends_on_job_id: that layer; without: the job
 
 
 class Attempt(SchedulerTable, table=True):
@@ -200,29 +219,127 @@ def job_counts(session: Session, job_ids: Sequence[int]) -> dict[int, dict[str, 
 # --- submit -------------------------------------------------------------------------------------
 
 def submit_job(store: Store, plan: JobPlan) -> Outcome:
-    """Write the job and all its tasks in one transaction."""
+    """Write the job, all its tasks and their dependencies in one transaction."""
     with store.write() as session:
         now = store.now(session)
+        waiting_on_jobs = _unfinished_jobs(session, plan.depends_on_jobs)
         job = Job(name=plan.name, user=plan.user, pool=plan.pool, priority=plan.priority,
-                  band=plan.band, task_count=len(plan.tasks), created_at=now)
+                  band=plan.band, task_count=len(plan.tasks),
+                  depends_on=json.dumps(list(plan.depends_on_jobs)), created_at=now)
         session.add(job)
         session.flush()
         assert job.id is not None
-        rows = [{
-            "job_id": job.id, "index": t.index, "name": t.name, "user": plan.user,
-            "pool": plan.pool, "band": plan.band, "priority": plan.priority,
-            "state": TaskState.QUEUED, "command": json.dumps(t.command), "shell": t.shell,
-            "env": json.dumps(t.env), "cwd": t.cwd, "timeout": t.timeout,
-            "max_attempts": t.max_attempts, "retry_delay": t.retry_delay,
-            "retry_exit_codes": (json.dumps(t.retry_exit_codes)
-                                 if t.retry_exit_codes is not None else None),
-            "attempt": 1, "failures": 0, "head": False, "ready_at": now, "progress": 0,
-            "created_at": now,
-        } for t in plan.tasks]
+        rows = []
+        for t in plan.tasks:
+            waits = bool(t.depends_on or t.depends_on_layers or waiting_on_jobs)
+            rows.append({
+                "job_id": job.id, "index": t.index, "name": t.name, "layer": t.layer,
+                "frame_start": t.frames[0] if t.frames else None,
+                "frame_end": t.frames[-1] if t.frames else None,
+                "frame_count": len(t.frames) if t.frames else None,
+                "user": plan.user, "pool": plan.pool, "band": plan.band,
+                "priority": plan.priority,
+                "state": TaskState.WAITING if waits else TaskState.QUEUED,
+                "reason": "waiting for its dependencies" if waits else None,
+                "command": json.dumps(t.command), "shell": t.shell,
+                "env": json.dumps(t.env), "cwd": t.cwd, "timeout": t.timeout,
+                "max_attempts": t.max_attempts, "retry_delay": t.retry_delay,
+                "retry_exit_codes": (json.dumps(t.retry_exit_codes)
+                                     if t.retry_exit_codes is not None else None),
+                "attempt": 1, "failures": 0, "head": False, "ready_at": now, "progress": 0,
+                "created_at": now})
         session.execute(Task.__table__.insert(), rows)  # type: ignore[attr-defined]
+        if any(t.depends_on or t.depends_on_layers for t in plan.tasks) or waiting_on_jobs:
+            _insert_dependencies(session, job.id, plan, waiting_on_jobs)
         reply = _job_dict(job)
     return Outcome(reply, [(events.JOB_SUBMITTED, {
         "job_id": reply["id"], "user": plan.user, "pool": plan.pool, "task_count": len(rows)})])
+
+
+def _unfinished_jobs(session: Session, job_ids: Sequence[int]) -> list[int]:
+    """The jobs among `job_ids` not done yet; a missing one is refused (nothing is stored)."""
+    waiting = []
+    for position, job_id in enumerate(job_ids):
+        other = session.get(Job, job_id)
+        if other is None:
+            raise InvalidSpec(f"depends_on[{position}]: job {job_id} does not exist")
+        if other.state != JobState.DONE:
+            waiting.append(job_id)
+    return waiting
+
+
+def _insert_dependencies(session: Session, job_id: int, plan: JobPlan,
+                         waiting_on_jobs: Sequence[int]) -> None:
+    ids = list(session.scalars(select(Task.id).where(Task.job_id == job_id)
+                               .order_by(Task.index)))  # type: ignore[arg-type]
+    rows: list[dict[str, Any]] = []
+    for t in plan.tasks:
+        task_id = ids[t.index]
+        rows.extend({"task_id": task_id, "depends_on_task_id": ids[other]}
+                    for other in t.depends_on)
+        rows.extend({"task_id": task_id, "depends_on_job_id": job_id, "depends_on_layer": layer}
+                    for layer in t.depends_on_layers)
+        rows.extend({"task_id": task_id, "depends_on_job_id": other, "depends_on_layer": None}
+                    for other in waiting_on_jobs)
+    for start in range(0, len(rows), 5000):
+        session.execute(TaskDependency.__table__.insert(),  # type: ignore[attr-defined]
+                        [{"depends_on_task_id": None, "depends_on_job_id": None,
+                          "depends_on_layer": None, **row} for row in rows[start:start + 5000]])
+
+
+def unmet_dependencies(session: Session, task: Task, most: int = 5) -> list[str]:
+    """What a waiting task still waits for, in words, at most `most` items."""
+    unmet = []
+    for dependency in session.scalars(select(TaskDependency).where(
+            TaskDependency.task_id == task.id)):
+        if dependency.depends_on_task_id is not None:
+            other = session.get(Task, dependency.depends_on_task_id)
+            if other is not None and other.state != TaskState.DONE:
+                unmet.append(f"task {other.id} ({other.name}) is {other.state}")
+        elif dependency.depends_on_layer is not None:
+            assert dependency.depends_on_job_id is not None
+            left = session.scalar(select(func.count()).where(
+                Task.job_id == dependency.depends_on_job_id,
+                Task.layer == dependency.depends_on_layer,
+                Task.state != TaskState.DONE))
+            if left:
+                unmet.append(f"layer {dependency.depends_on_layer} has {left} tasks not done")
+        elif dependency.depends_on_job_id is not None:
+            job = session.get(Job, dependency.depends_on_job_id)
+            if job is not None and job.state != JobState.DONE:
+                unmet.append(f"job {job.id} ({job.name}) is {job.state}")
+        if len(unmet) >= most:
+            break
+    return unmet
+
+
+def _queue_if_ready(session: Session, task_ids: Iterable[int], now: float) -> None:
+    for task_id in sorted(set(task_ids)):
+        task = session.get(Task, task_id)
+        if task is None or task.state != TaskState.WAITING:
+            continue
+        unmet = unmet_dependencies(session, task, most=1)
+        if unmet:
+            task.reason = f"waiting for {unmet[0]}"
+        else:
+            task.state, task.ready_at, task.reason = TaskState.QUEUED, now, None
+
+
+def _dependents_of_task(session: Session, task: Task) -> set[int]:
+    """Waiting tasks that may have been waiting for `task` (directly, or for its whole layer)."""
+    dependents = set(session.scalars(select(TaskDependency.task_id).where(
+        TaskDependency.depends_on_task_id == task.id)))
+    if task.layer is not None:
+        dependents |= set(session.scalars(select(TaskDependency.task_id).where(
+            TaskDependency.depends_on_job_id == task.job_id,
+            TaskDependency.depends_on_layer == task.layer)))
+    return dependents
+
+
+def _dependents_of_job(session: Session, job_id: int) -> set[int]:
+    return set(session.scalars(select(TaskDependency.task_id).where(
+        TaskDependency.depends_on_job_id == job_id,
+        TaskDependency.depends_on_layer.is_(None))))  # type: ignore[union-attr]
 
 
 # --- release ------------------------------------------------------------------------------------
@@ -422,18 +539,29 @@ def renew_lease(store: Store, task_id: int, lease_token: str, progress: int | No
 
 def _finish_job_if_complete(session: Session, job_id: int,
                             now: float) -> list[tuple[str, dict[str, Any]]]:
+    """End the job once nothing in it can run any more, and release jobs waiting for it.
+
+    Tasks still waiting count as able to run unless something in the job failed or was
+    cancelled: then they are blocked until that task is retried, and the job ends as FAILED.
+    """
     job = session.get(Job, job_id)
     if job is None or job.state in (JobState.DONE, JobState.FAILED, JobState.CANCELLED):
         return []
-    open_task = session.scalar(
-        select(Task.id).where(Task.job_id == job_id,
-                              Task.state.in_(OPEN_TASK_STATES)).limit(1))  # type: ignore[attr-defined]
-    if open_task is not None:
+
+    def any_in(*states: str) -> bool:
+        return session.scalar(select(Task.id).where(
+            Task.job_id == job_id, Task.state.in_(states)).limit(1)) is not None  # type: ignore[attr-defined]
+
+    if any_in(*ACTIVE_TASK_STATES):
         return []
-    failed = session.scalar(select(func.count()).where(
-        Task.job_id == job_id, Task.state == TaskState.FAILED))
-    job.state = JobState.FAILED if failed else JobState.DONE
+    failed, cancelled = any_in(TaskState.FAILED), any_in(TaskState.CANCELLED)
+    if any_in(TaskState.WAITING) and not (failed or cancelled):
+        return []  # waiting for another job
+    job.state = JobState.FAILED if failed else (
+        JobState.DONE if not any_in(TaskState.WAITING) else JobState.CANCELLED)
     job.finished_at = now
+    if job.state == JobState.DONE:
+        _queue_if_ready(session, _dependents_of_job(session, job_id), now)
     return [(events.JOB_FINISHED, {"job_id": job_id, "state": job.state, "user": job.user})]
 
 
@@ -476,6 +604,8 @@ def finish_task(store: Store, task_id: int, lease_token: str, exit_code: int | N
             task.result = json.dumps(result) if result is not None else None
             task.reason = None
             task.finished_at = now
+            session.flush()
+            _queue_if_ready(session, _dependents_of_task(session, task), now)
             emitted.append((events.TASK_FINISHED, {**base, "state": TaskState.DONE}))
         else:
             task.failures += 1
@@ -493,6 +623,8 @@ def finish_task(store: Store, task_id: int, lease_token: str, exit_code: int | N
                 task.reason = why
                 task.log_tail = log_tail
                 task.finished_at = now
+                session.flush()
+                _queue_if_ready(session, _dependents_of_task(session, task), now)
                 emitted.append((events.TASK_FAILED, {**base, "reason": why, "will_retry": False}))
         emitted.extend(_finish_job_if_complete(session, task.job_id, now))
         return Outcome({"task_id": task_id, "state": task.state}, emitted)
@@ -599,9 +731,100 @@ def cancel_task(store: Store, task_id: int) -> Outcome:
         if task.state in FINAL_TASK_STATES:
             raise InvalidState(f"task {task_id} is already {task.state}")
         killed = _cancel_tasks(session, [task], now)
+        session.flush()
+        _queue_if_ready(session, _dependents_of_task(session, task), now)  # say why they wait
         emitted: list[tuple[str, dict[str, Any]]] = [(events.TASK_CANCELLED, k) for k in killed]
         emitted.extend(_finish_job_if_complete(session, task.job_id, now))
         return Outcome({"task_id": task_id, "state": task.state}, emitted)
+
+
+# --- retry ----------------------------------------------------------------------------------------
+
+def _retry(session: Session, task: Task, now: float) -> None:
+    task.failures, task.attempt, task.head = 0, task.attempt + 1, False
+    task.exit_code = task.finished_at = task.log_tail = task.result = None
+    task.worker_id = task.lease_token = task.lease_expires_at = None
+    task.state, task.ready_at, task.reason = TaskState.WAITING, now, None
+    session.flush()
+    _queue_if_ready(session, [task.id] if task.id is not None else [], now)
+    if task.state == TaskState.WAITING and not session.scalar(
+            select(TaskDependency.id).where(TaskDependency.task_id == task.id).limit(1)):
+        task.state = TaskState.QUEUED  # nothing to wait for
+
+
+def _reopen_job(session: Session, job_id: int) -> None:
+    job = session.get(Job, job_id)
+    if job is not None and job.state in (JobState.FAILED, JobState.CANCELLED, JobState.DONE):
+        job.state, job.finished_at = JobState.RUNNING, None
+
+
+def retry_task(store: Store, task_id: int) -> Outcome:
+    """Run a failed or cancelled task again with a fresh retry budget; its dependents follow."""
+    with store.write() as session:
+        now = store.now(session)
+        task = _get_task(session, task_id)
+        if task.state not in (TaskState.FAILED, TaskState.CANCELLED):
+            raise InvalidState(f"task {task_id} is {task.state}: only failed or cancelled tasks "
+                               "can be retried")
+        _retry(session, task, now)
+        _reopen_job(session, task.job_id)
+        return Outcome({"task_id": task_id, "state": task.state})
+
+
+def retry_job(store: Store, job_id: int) -> Outcome:
+    """Retry every failed task of a job."""
+    with store.write() as session:
+        now = store.now(session)
+        _get_job(session, job_id)
+        failed = session.scalars(select(Task).where(
+            Task.job_id == job_id, Task.state == TaskState.FAILED)).all()
+        for task in failed:
+            _retry(session, task, now)
+        if failed:
+            _reopen_job(session, job_id)
+        return Outcome({"job_id": job_id, "retried_tasks": len(failed)})
+
+
+# --- why ------------------------------------------------------------------------------------------
+
+def why_task(store: Store, task_id: int, workers: Iterable[IdleWorker]) -> dict[str, Any]:
+    """Why a task is where it is: a reason a person can read and a code a program can."""
+    with store.read() as session:
+        now = store.now(session)
+        task = _get_task(session, task_id)
+        answer = {"task_id": task_id, "state": task.state}
+        if task.state == TaskState.WAITING:
+            unmet = unmet_dependencies(session, task)
+            return {**answer, "code": "dependency",
+                    "reason": "waiting for " + "; ".join(unmet) if unmet
+                    else "its dependencies are done; it is about to be queued"}
+        if task.state == TaskState.QUEUED:
+            if task.ready_at > now:
+                return {**answer, "code": "retry_delay",
+                        "reason": f"retrying in {task.ready_at - now:.0f} s"}
+            serving = [w for w in workers if w.pool == task.pool and task.band in w.bands]
+            if not serving:
+                return {**answer, "code": "no_worker",
+                        "reason": f"no worker serves pool {task.pool}, band {task.band}"}
+            same_head = Task.head.is_(True) if task.head else Task.head.is_(False)  # type: ignore[attr-defined]
+            before = [and_(same_head, Task.priority > task.priority),
+                      and_(same_head, Task.priority == task.priority,
+                           Task.id < task.id)]  # type: ignore[operator]
+            if not task.head:
+                before.append(Task.head.is_(True))  # type: ignore[attr-defined]
+            ahead = session.scalar(select(func.count()).where(
+                Task.state == TaskState.QUEUED, Task.pool == task.pool, Task.band == task.band,
+                or_(*before)))
+            return {**answer, "code": "queued", "position": int(ahead or 0) + 1,
+                    "reason": f"position {int(ahead or 0) + 1} in band {task.band} of pool "
+                              f"{task.pool}; {len(serving)} workers serve it, all busy"}
+        if task.state == TaskState.DISPATCHED:
+            return {**answer, "code": "dispatched",
+                    "reason": f"sent to corral.{task.pool}.{task.band}; a worker is taking it"}
+        if task.state == TaskState.RUNNING:
+            return {**answer, "code": "running",
+                    "reason": f"running on {task.worker_id} ({task.progress}%)"}
+        return {**answer, "code": task.state, "reason": task.reason or str(task.state)}
 
 
 # --- reads --------------------------------------------------------------------------------------

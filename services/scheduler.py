@@ -175,6 +175,22 @@ class SchedulerService:
         self._emit(outcome.events)
         return outcome.reply
 
+    @rpc(expected_exceptions=EXPECTED_EXCEPTIONS)
+    def retry_task(self, task_id: int) -> dict[str, Any]:
+        outcome = store_ops.retry_task(self.core.store, int(task_id))
+        self.core.request_release()
+        return outcome.reply
+
+    @rpc(expected_exceptions=EXPECTED_EXCEPTIONS)
+    def retry_job(self, job_id: int) -> dict[str, Any]:
+        outcome = store_ops.retry_job(self.core.store, int(job_id))
+        self.core.request_release()
+        return outcome.reply
+
+    @rpc(expected_exceptions=EXPECTED_EXCEPTIONS)
+    def why_task(self, task_id: int) -> dict[str, Any]:
+        return store_ops.why_task(self.core.store, int(task_id), self.core.workers.values())
+
     # --- the worker's side of a task ------------------------------------------------------------
 
     @rpc(expected_exceptions=EXPECTED_EXCEPTIONS)

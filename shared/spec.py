@@ -21,6 +21,7 @@ from pydantic import (
 
 from shared.bands import Band, band_for_priority
 from shared.errors import InvalidSpec
+from shared.frames import Chunk, chunk_frames, parse_frame_range, substitute
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
@@ -48,21 +49,62 @@ class TaskSpec(BaseModel):
     cwd: StrictStr | None = None
     timeout: StrictInt | StrictFloat | None = Field(default=None, gt=0)
     retry: RetryPolicy | None = None
+    depends_on: list[StrictInt] = Field(default_factory=list)
+    """Positions (0-based) of tasks in this job's list that must be done first."""
 
     @field_validator("command")
     @classmethod
     def _program_named(cls, command: list[str]) -> list[str]:
-        if not command[0].strip():
-            raise ValueError("the first item (the program) is empty")
-        return command
+        return _check_program(command)
 
 
-class JobSpec(BaseModel):
-    """A job: defaults shared by its tasks, and the tasks themselves."""
+class LayerDependency(BaseModel):
+    """A layer waits for another: all of it, or frame by frame (chunk k waits only for the
+    chunks covering its frames)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    tasks: list[TaskSpec] = Field(min_length=1)
+    layer: StrictStr
+    per_frame: StrictBool = False
+
+
+class LayerSpec(BaseModel):
+    """A command template run once per chunk of a frame range (or once, with no frames)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: StrictStr = Field(min_length=1, max_length=100, pattern=NAME_PATTERN)
+    command: list[StrictStr] = Field(min_length=1, max_length=4096)
+    frames: StrictStr | None = None
+    chunk: StrictInt = Field(default=1, ge=1)
+    shell: StrictBool = False
+    env: dict[StrictStr, StrictStr] = Field(default_factory=dict)
+    cwd: StrictStr | None = None
+    timeout: StrictInt | StrictFloat | None = Field(default=None, gt=0)
+    retry: RetryPolicy | None = None
+    depends_on: list[StrictStr | LayerDependency] = Field(default_factory=list)
+
+    @field_validator("command")
+    @classmethod
+    def _program_named(cls, command: list[str]) -> list[str]:
+        return _check_program(command)
+
+
+def _check_program(command: list[str]) -> list[str]:
+    if not command[0].strip():
+        raise ValueError("the first item (the program) is empty")
+    return command
+
+
+class JobSpec(BaseModel):
+    """A job: defaults shared by its tasks, and either a plain list of tasks or layers."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tasks: list[TaskSpec] | None = None
+    layers: list[LayerSpec] | None = None
+    depends_on: list[StrictInt] = Field(default_factory=list)
+    """Ids of jobs that must be done before any task of this one starts."""
     name: StrictStr = Field(default="job", min_length=1, max_length=200)
     user: StrictStr = Field(default="anonymous", min_length=1, max_length=64, pattern=NAME_PATTERN)
     pool: StrictStr = Field(default="cpu", min_length=1, max_length=64, pattern=NAME_PATTERN)
@@ -87,6 +129,12 @@ class TaskPlan:
     max_attempts: int
     retry_delay: float
     retry_exit_codes: list[int] | None
+    layer: str | None = None
+    frames: tuple[int, ...] | None = None
+    depends_on: tuple[int, ...] = ()
+    """Indexes of tasks of the same job that must be done first."""
+    depends_on_layers: tuple[str, ...] = ()
+    """Layers of the same job that must be wholly done first."""
 
 
 @dataclass(frozen=True)
@@ -99,6 +147,7 @@ class JobPlan:
     priority: int
     band: str
     tasks: list[TaskPlan] = field(default_factory=list)
+    depends_on_jobs: tuple[int, ...] = ()
 
 
 def _field_path(location: Iterable[Any]) -> str:
@@ -135,30 +184,169 @@ def validate_job_spec(raw: Any, bands: Iterable[Band], *, max_env_bytes: int,
     if band is None:
         ranges = ", ".join(f"{b.name} {b.low}-{b.high}" for b in bands)
         raise InvalidSpec(f"priority: {spec.priority} is outside every band ({ranges})")
-    if len(spec.tasks) > max_tasks:
-        raise InvalidSpec(f"tasks: {len(spec.tasks)} tasks is more than the limit of {max_tasks}")
+    if (spec.tasks is None) == (spec.layers is None) or not (spec.tasks or spec.layers):
+        raise InvalidSpec("tasks: give a non-empty list of tasks or of layers (not both)")
     _check_env_size("env", spec.env, max_env_bytes)
+    if len(set(spec.depends_on)) != len(spec.depends_on):
+        raise InvalidSpec("depends_on: a job is listed twice")
+    if spec.tasks is not None:
+        tasks = _plan_tasks(spec, max_env_bytes)
+    else:
+        tasks = _plan_layers(spec, max_env_bytes, max_tasks)
+    if len(tasks) > max_tasks:
+        raise InvalidSpec(f"tasks: {len(tasks)} tasks is more than the limit of {max_tasks}")
+    return JobPlan(name=spec.name, user=spec.user, pool=spec.pool, priority=spec.priority,
+                   band=band.name, tasks=tasks, depends_on_jobs=tuple(spec.depends_on))
+
+
+def _defaults(spec: JobSpec, item: TaskSpec | LayerSpec, path: str,
+              max_env_bytes: int) -> dict[str, Any]:
+    """The fields every task takes from its own spec or, failing that, from the job."""
+    env = {**spec.env, **item.env}
+    _check_env_size(f"{path}.env", env, max_env_bytes)
+    if item.shell and len(item.command) != 1:
+        raise InvalidSpec(f"{path}.command: with shell=true it must be one string")
+    retry = item.retry or spec.retry
+    timeout = item.timeout or spec.timeout
+    return {"shell": item.shell, "env": env, "cwd": item.cwd or spec.cwd,
+            "timeout": float(timeout) if timeout else None,
+            "max_attempts": retry.max_attempts, "retry_delay": float(retry.delay_seconds),
+            "retry_exit_codes": (list(retry.on_exit_codes)
+                                 if retry.on_exit_codes is not None else None)}
+
+
+def _plan_tasks(spec: JobSpec, max_env_bytes: int) -> list[TaskPlan]:
+    assert spec.tasks is not None
+    count = len(spec.tasks)
+    graph: dict[int, list[int]] = {}
     tasks = []
     for index, task in enumerate(spec.tasks):
-        _check_env_size(f"tasks[{index}].env", {**spec.env, **task.env}, max_env_bytes)
-        if task.shell and len(task.command) != 1:
-            raise InvalidSpec(f"tasks[{index}].command: with shell=true it must be one string")
-        retry = task.retry or spec.retry
-        tasks.append(TaskPlan(
-            index=index,
-            name=task.name or f"{spec.name}.{index}",
-            command=list(task.command),
-            shell=task.shell,
-            env={**spec.env, **task.env},
-            cwd=task.cwd or spec.cwd,
-            timeout=float(task.timeout) if task.timeout else (
-                float(spec.timeout) if spec.timeout else None),
-            max_attempts=retry.max_attempts,
-            retry_delay=float(retry.delay_seconds),
-            retry_exit_codes=list(retry.on_exit_codes) if retry.on_exit_codes is not None else None,
-        ))
-    return JobPlan(name=spec.name, user=spec.user, pool=spec.pool, priority=spec.priority,
-                   band=band.name, tasks=tasks)
+        path = f"tasks[{index}]"
+        for position, other in enumerate(task.depends_on):
+            if not 0 <= other < count:
+                raise InvalidSpec(f"{path}.depends_on[{position}]: there is no task {other} "
+                                  f"(tasks are numbered 0 to {count - 1})")
+        graph[index] = list(task.depends_on)
+        tasks.append(TaskPlan(index=index, name=task.name or f"{spec.name}.{index}",
+                              command=list(task.command),
+                              depends_on=tuple(dict.fromkeys(task.depends_on)),
+                              **_defaults(spec, task, path, max_env_bytes)))
+    cycle = find_cycle(graph)
+    if cycle:
+        raise InvalidSpec("tasks: dependency cycle " + " -> ".join(map(str, cycle)))
+    return tasks
+
+
+def _plan_layers(spec: JobSpec, max_env_bytes: int, max_tasks: int) -> list[TaskPlan]:
+    assert spec.layers is not None
+    by_name: dict[str, int] = {}
+    for index, layer in enumerate(spec.layers):
+        if layer.name in by_name:
+            raise InvalidSpec(f"layers[{index}].name: {layer.name!r} is used twice")
+        by_name[layer.name] = index
+    dependencies: list[list[LayerDependency]] = []
+    for index, layer in enumerate(spec.layers):
+        found = []
+        for position, raw in enumerate(layer.depends_on):
+            dependency = LayerDependency(layer=raw) if isinstance(raw, str) else raw
+            where = f"layers[{index}].depends_on[{position}]"
+            if dependency.layer not in by_name:
+                raise InvalidSpec(f"{where}: there is no layer named {dependency.layer!r}")
+            other = spec.layers[by_name[dependency.layer]]
+            if dependency.per_frame and (layer.frames is None or other.frames is None):
+                raise InvalidSpec(f"{where}: per_frame needs frames on both layers")
+            found.append(dependency)
+        dependencies.append(found)
+    cycle = find_cycle({layer.name: [d.layer for d in deps]
+                        for layer, deps in zip(spec.layers, dependencies, strict=True)})
+    if cycle:
+        raise InvalidSpec("layers: dependency cycle " + " -> ".join(cycle))
+
+    tasks: list[TaskPlan] = []
+    first_task: dict[str, int] = {}
+    chunks_of: dict[str, list[Chunk | None]] = {}
+    for index, layer in enumerate(spec.layers):
+        path = f"layers[{index}]"
+        chunks = _layer_chunks(layer, path)
+        if len(tasks) + len(chunks) > max_tasks:
+            raise InvalidSpec(f"{path}: the job makes more than the limit of {max_tasks} tasks")
+        chunks_of[layer.name] = chunks
+        first_task[layer.name] = len(tasks)
+        defaults = _defaults(spec, layer, path, max_env_bytes)
+        for position, chunk in enumerate(chunks):
+            command = list(layer.command) if chunk is None else substitute(layer.command, chunk)
+            tasks.append(TaskPlan(
+                index=len(tasks), name=_chunk_name(layer.name, chunk, len(chunks), position),
+                command=command, layer=layer.name,
+                frames=None if chunk is None else chunk.frames, **defaults))
+    # Dependencies point backwards or forwards in the list, so they are filled in afterwards.
+    for layer, deps in zip(spec.layers, dependencies, strict=True):
+        whole = tuple(d.layer for d in deps if not d.per_frame)
+        per_frame = [d.layer for d in deps if d.per_frame]
+        start = first_task[layer.name]
+        for offset, chunk in enumerate(chunks_of[layer.name]):
+            needed: list[int] = []
+            for upstream in per_frame:
+                needed.extend(_covering_tasks(chunk, chunks_of[upstream], first_task[upstream]))
+            task = tasks[start + offset]
+            tasks[start + offset] = TaskPlan(**{**task.__dict__,
+                                                "depends_on": tuple(dict.fromkeys(needed)),
+                                                "depends_on_layers": whole})
+    return tasks
+
+
+def _layer_chunks(layer: LayerSpec, path: str) -> list[Chunk | None]:
+    if layer.frames is None:
+        return [None]
+    try:
+        return list(chunk_frames(parse_frame_range(layer.frames), layer.chunk))
+    except InvalidSpec as exc:
+        # frames.py names the field as at the top level; here it lives inside a layer.
+        raise InvalidSpec(f"{path}.{exc.message}") from None
+
+
+def _chunk_name(layer: str, chunk: Chunk | None, count: int, position: int) -> str:
+    if chunk is None:
+        return layer
+    if chunk.start == chunk.end:
+        return f"{layer}.{chunk.start}"
+    if chunk.regular:
+        step = "" if abs(chunk.step) == 1 else f"x{chunk.step}"
+        return f"{layer}.{chunk.start}-{chunk.end}{step}"
+    return f"{layer}.chunk{position + 1}of{count}"
+
+
+def _covering_tasks(chunk: Chunk | None, others: list[Chunk | None], first: int) -> list[int]:
+    """Tasks of another layer holding any frame of this chunk (frame-by-frame dependency)."""
+    if chunk is None:
+        return []
+    wanted = set(chunk.frames)
+    return [first + position for position, other in enumerate(others)
+            if other is not None and wanted.intersection(other.frames)]
+
+
+def find_cycle(graph: dict[Any, list[Any]]) -> list[Any]:
+    """A dependency cycle as [a, b, ..., a], or [] when there is none (iterative DFS)."""
+    state: dict[Any, int] = {}  # 1: on the current path, 2: finished
+    for root in graph:
+        if state.get(root):
+            continue
+        path: list[Any] = [root]
+        stack = [iter(graph.get(root, ()))]
+        state[root] = 1
+        while stack:
+            step = next(stack[-1], None)
+            if step is None:
+                stack.pop()
+                state[path.pop()] = 2
+                continue
+            if state.get(step) == 1:
+                return path[path.index(step):] + [step]
+            if not state.get(step):
+                state[step] = 1
+                path.append(step)
+                stack.append(iter(graph.get(step, ())))
+    return []
 
 
 def _check_env_size(path: str, env: dict[str, str], limit: int) -> None:
