@@ -29,7 +29,7 @@ from services._dispatch import (
 )
 from shared import events
 from shared.db import Store
-from shared.errors import InvalidSpec, InvalidState, NotFound, StaleLease
+from shared.errors import InvalidSpec, InvalidState, LimitExceeded, NotFound, StaleLease
 from shared.spec import JobPlan
 
 
@@ -48,6 +48,7 @@ class JobState(StrEnum):
 class TaskState(StrEnum):
     WAITING = "waiting"        # dependencies (tasks, layers, other jobs) not done yet
     QUEUED = "queued"          # ready; waiting for an idle worker
+    PAUSED = "paused"          # ready, but its job is paused
     DISPATCHED = "dispatched"  # its message is in a band queue
     RUNNING = "running"        # claimed under a lease
     DONE = "done"
@@ -65,7 +66,9 @@ class AttemptState(StrEnum):
 
 
 FINAL_TASK_STATES = (TaskState.DONE, TaskState.FAILED, TaskState.CANCELLED)
-ACTIVE_TASK_STATES = (TaskState.QUEUED, TaskState.DISPATCHED, TaskState.RUNNING)
+WAITING_TASK_STATES = (TaskState.WAITING, TaskState.QUEUED, TaskState.PAUSED)
+ACTIVE_TASK_STATES = (TaskState.QUEUED, TaskState.DISPATCHED, TaskState.RUNNING,
+                      TaskState.PAUSED)
 
 
 class Job(SchedulerTable, table=True):
@@ -78,6 +81,7 @@ class Job(SchedulerTable, table=True):
     state: str = Field(default=JobState.QUEUED, index=True)
     task_count: int = 0
     depends_on: str = "[]"  # JSON list of job ids
+    paused: bool = False
     created_at: float
     started_at: float | None = None
     finished_at: float | None = None
@@ -93,6 +97,7 @@ class Task(SchedulerTable, table=True):
         Index("ix_task_lease", "state", "lease_expires_at"),
         Index("ix_task_job_state", "job_id", "state"),
         Index("ix_task_job_layer_state", "job_id", "layer", "state"),
+        Index("ix_task_user_state", "user", "state"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -107,6 +112,7 @@ class Task(SchedulerTable, table=True):
     pool: str
     band: str
     priority: int
+    base_priority: int | None = None  # as submitted; `priority` rises with waiting (aging)
     state: str = Field(default=TaskState.QUEUED)
     command: str            # JSON argv list
     shell: bool = False
@@ -218,10 +224,17 @@ def job_counts(session: Session, job_ids: Sequence[int]) -> dict[int, dict[str, 
 
 # --- submit -------------------------------------------------------------------------------------
 
-def submit_job(store: Store, plan: JobPlan) -> Outcome:
+def submit_job(store: Store, plan: JobPlan, max_queued_per_user: int | None = None) -> Outcome:
     """Write the job, all its tasks and their dependencies in one transaction."""
     with store.write() as session:
         now = store.now(session)
+        if max_queued_per_user is not None:
+            queued = session.scalar(select(func.count()).where(
+                Task.user == plan.user, Task.state.in_(WAITING_TASK_STATES)))  # type: ignore[attr-defined]
+            if int(queued or 0) + len(plan.tasks) > max_queued_per_user:
+                raise LimitExceeded(
+                    f"user {plan.user} has {queued} tasks waiting; {len(plan.tasks)} more would "
+                    f"pass the limit of {max_queued_per_user} per user")
         waiting_on_jobs = _unfinished_jobs(session, plan.depends_on_jobs)
         job = Job(name=plan.name, user=plan.user, pool=plan.pool, priority=plan.priority,
                   band=plan.band, task_count=len(plan.tasks),
@@ -238,7 +251,7 @@ def submit_job(store: Store, plan: JobPlan) -> Outcome:
                 "frame_end": t.frames[-1] if t.frames else None,
                 "frame_count": len(t.frames) if t.frames else None,
                 "user": plan.user, "pool": plan.pool, "band": plan.band,
-                "priority": plan.priority,
+                "priority": plan.priority, "base_priority": plan.priority,
                 "state": TaskState.WAITING if waits else TaskState.QUEUED,
                 "reason": "waiting for its dependencies" if waits else None,
                 "command": json.dumps(t.command), "shell": t.shell,
@@ -313,6 +326,12 @@ def unmet_dependencies(session: Session, task: Task, most: int = 5) -> list[str]
     return unmet
 
 
+def _ready_state(session: Session, task: Task) -> TaskState:
+    """QUEUED, or PAUSED when the task's job is paused."""
+    job = session.get(Job, task.job_id)
+    return TaskState.PAUSED if job is not None and job.paused else TaskState.QUEUED
+
+
 def _queue_if_ready(session: Session, task_ids: Iterable[int], now: float) -> None:
     for task_id in sorted(set(task_ids)):
         task = session.get(Task, task_id)
@@ -322,7 +341,7 @@ def _queue_if_ready(session: Session, task_ids: Iterable[int], now: float) -> No
         if unmet:
             task.reason = f"waiting for {unmet[0]}"
         else:
-            task.state, task.ready_at, task.reason = TaskState.QUEUED, now, None
+            task.state, task.ready_at, task.reason = _ready_state(session, task), now, None
 
 
 def _dependents_of_task(session: Session, task: Task) -> set[int]:
@@ -495,6 +514,11 @@ def claim_task(store: Store, task_id: int, attempt: int, worker_id: str, host: s
             return Outcome({"status": "stale", "task_id": task_id})
         if task.state not in (TaskState.QUEUED, TaskState.DISPATCHED):
             return Outcome({"status": "stale", "task_id": task_id})
+        job = session.get(Job, task.job_id)
+        if job is not None and job.paused:
+            # Its message was on its way when the job was paused: it waits for resume instead.
+            task.state = TaskState.PAUSED
+            return Outcome({"status": "stale", "task_id": task_id})
         token = uuid.uuid4().hex
         claimed = session.execute(
             update(Task)
@@ -612,7 +636,7 @@ def finish_task(store: Store, task_id: int, lease_token: str, exit_code: int | N
             assert why is not None
             codes = json.loads(task.retry_exit_codes) if task.retry_exit_codes else None
             if should_retry(task.failures, task.max_attempts, exit_code, codes):
-                task.state = TaskState.QUEUED
+                task.state = _ready_state(session, task)
                 task.attempt += 1
                 task.ready_at = now + task.retry_delay
                 task.reason = f"retrying after attempt {task.attempt - 1}: {why}"
@@ -649,7 +673,7 @@ def _requeue_at_head(session: Session, task: Task, attempt_state: AttemptState, 
         attempt.state = attempt_state
         attempt.finished_at = now
         attempt.reason = reason
-    task.state = TaskState.QUEUED
+    task.state = _ready_state(session, task)
     task.attempt += 1
     task.head = True
     task.ready_at = now
@@ -749,7 +773,7 @@ def _retry(session: Session, task: Task, now: float) -> None:
     _queue_if_ready(session, [task.id] if task.id is not None else [], now)
     if task.state == TaskState.WAITING and not session.scalar(
             select(TaskDependency.id).where(TaskDependency.task_id == task.id).limit(1)):
-        task.state = TaskState.QUEUED  # nothing to wait for
+        task.state = _ready_state(session, task)  # nothing to wait for
 
 
 def _reopen_job(session: Session, job_id: int) -> None:
@@ -785,6 +809,108 @@ def retry_job(store: Store, job_id: int) -> Outcome:
         return Outcome({"job_id": job_id, "retried_tasks": len(failed)})
 
 
+# --- job control ----------------------------------------------------------------------------------
+
+def select_jobs(store: Store, user: str | None = None, state: str | None = None,
+                name_pattern: str | None = None, job_ids: Sequence[int] | None = None) -> list[int]:
+    """Ids of the jobs a bulk operation applies to; `name_pattern` is a glob like `shot01*`."""
+    if not (user or state or name_pattern or job_ids):
+        raise InvalidState("a bulk operation needs a filter: user, state, name pattern or ids")
+    with store.read() as session:
+        query = select(Job.id)
+        if job_ids:
+            query = query.where(Job.id.in_(list(job_ids)))  # type: ignore[union-attr]
+        if user:
+            query = query.where(Job.user == user)
+        if state:
+            query = query.where(Job.state == state)
+        if name_pattern:
+            like = (name_pattern.replace("\\", "\\\\").replace("%", "\\%")
+                    .replace("_", "\\_").replace("*", "%").replace("?", "_"))
+            query = query.where(Job.name.like(like, escape="\\"))  # type: ignore[attr-defined]
+        return [job_id for job_id in session.scalars(query.order_by(Job.id)) if job_id]
+
+
+def pause_job(store: Store, job_id: int, kill: bool = False) -> Outcome:
+    """Start nothing new from this job; with `kill`, stop its running tasks now (uncharged)."""
+    with store.write() as session:
+        now = store.now(session)
+        job = _get_job(session, job_id)
+        if job.state in (JobState.DONE, JobState.FAILED, JobState.CANCELLED):
+            raise InvalidState(f"job {job_id} is {job.state}: there is nothing to pause")
+        job.paused = True
+        session.execute(update(Task).where(Task.job_id == job_id,
+                                           Task.state == TaskState.QUEUED)
+                        .values(state=TaskState.PAUSED))
+        emitted: list[tuple[str, dict[str, Any]]] = []
+        if kill:
+            running = session.scalars(select(Task).where(
+                Task.job_id == job_id, Task.state == TaskState.RUNNING)).all()
+            for task in running:
+                emitted.append((events.TASK_CANCELLED, {"task_id": task.id, "job_id": job_id,
+                                                        "worker_id": task.worker_id}))
+                _requeue_at_head(session, task, AttemptState.CANCELLED, "job paused", now)
+        return Outcome({"job_id": job_id, "paused": True, "killed_tasks": len(emitted)}, emitted)
+
+
+def resume_job(store: Store, job_id: int) -> Outcome:
+    with store.write() as session:
+        now = store.now(session)
+        job = _get_job(session, job_id)
+        job.paused = False
+        resumed = session.execute(update(Task).where(Task.job_id == job_id,
+                                                     Task.state == TaskState.PAUSED)
+                                  .values(state=TaskState.QUEUED, ready_at=now)).rowcount
+        return Outcome({"job_id": job_id, "paused": False, "resumed_tasks": int(resumed)})
+
+
+def set_job_priority(store: Store, job_id: int, priority: int, band: str) -> Outcome:
+    """Change a job's priority, queued and running tasks alike (`band` already checked)."""
+    with store.write() as session:
+        job = _get_job(session, job_id)
+        job.priority, job.band = priority, band
+        session.execute(update(Task).where(Task.job_id == job_id,
+                                           Task.state.notin_(FINAL_TASK_STATES))  # type: ignore[attr-defined]
+                        .values(priority=priority, base_priority=priority, band=band))
+        return Outcome({"job_id": job_id, "priority": priority, "band": band})
+
+
+def requeue_task(store: Store, task_id: int) -> Outcome:
+    """Put a dispatched or running task back at the head of its band (killing its process)."""
+    with store.write() as session:
+        now = store.now(session)
+        task = _get_task(session, task_id)
+        emitted: list[tuple[str, dict[str, Any]]] = []
+        if task.state == TaskState.RUNNING:
+            emitted.append((events.TASK_CANCELLED, {"task_id": task.id, "job_id": task.job_id,
+                                                    "worker_id": task.worker_id}))
+            _requeue_at_head(session, task, AttemptState.CANCELLED, "requeued", now)
+        elif task.state == TaskState.DISPATCHED:
+            task.attempt += 1  # the message already sent becomes stale
+            task.state, task.head = _ready_state(session, task), True
+        elif task.state in (TaskState.FAILED, TaskState.CANCELLED):
+            _retry(session, task, now)
+            _reopen_job(session, task.job_id)
+        return Outcome({"task_id": task_id, "state": task.state}, emitted)
+
+
+def age_waiting_tasks(store: Store, bands: Iterable[Any], older_than: float) -> int:
+    """Raise by one the priority of tasks queued longer than `older_than`, up to their band's top.
+
+    Run every `older_than` seconds, a task's priority grows by one per period it waits, so
+    nothing in a band starves behind a stream of higher-priority work.
+    """
+    with store.write() as session:
+        now = store.now(session)
+        raised = 0
+        for band in bands:
+            raised += int(session.execute(
+                update(Task).where(Task.state == TaskState.QUEUED, Task.band == band.name,
+                                   Task.priority < band.high, Task.ready_at < now - older_than)
+                .values(priority=Task.priority + 1)).rowcount)
+        return raised
+
+
 # --- why ------------------------------------------------------------------------------------------
 
 def why_task(store: Store, task_id: int, workers: Iterable[IdleWorker]) -> dict[str, Any]:
@@ -818,6 +944,8 @@ def why_task(store: Store, task_id: int, workers: Iterable[IdleWorker]) -> dict[
             return {**answer, "code": "queued", "position": int(ahead or 0) + 1,
                     "reason": f"position {int(ahead or 0) + 1} in band {task.band} of pool "
                               f"{task.pool}; {len(serving)} workers serve it, all busy"}
+        if task.state == TaskState.PAUSED:
+            return {**answer, "code": "paused", "reason": f"job {task.job_id} is paused"}
         if task.state == TaskState.DISPATCHED:
             return {**answer, "code": "dispatched",
                     "reason": f"sent to corral.{task.pool}.{task.band}; a worker is taking it"}
@@ -836,12 +964,28 @@ def get_job(store: Store, job_id: int, task_limit: int = 1000,
         job = _get_job(session, job_id)
         counts = job_counts(session, [job_id])[job_id]
         data = _job_dict(job, counts)
+        data["eta_seconds"] = _eta(session, job_id, counts)
         if task_limit > 0:
             tasks = session.scalars(select(Task).where(Task.job_id == job_id)
                                     .order_by(Task.index).offset(task_offset)  # type: ignore[arg-type]
                                     .limit(task_limit)).all()
             data["tasks"] = [_task_dict(t) for t in tasks]
         return data
+
+
+def _eta(session: Session, job_id: int, counts: dict[str, int]) -> float | None:
+    """Seconds left, from the finished tasks' mean run time and how many run at once now."""
+    left = sum(counts.get(state, 0) for state in (*WAITING_TASK_STATES, TaskState.DISPATCHED,
+                                                  TaskState.RUNNING))
+    if not left:
+        return 0.0 if counts else None
+    mean = session.scalar(
+        select(func.avg(Attempt.process_ended_at - Attempt.process_started_at))
+        .join(Task, Task.id == Attempt.task_id)  # type: ignore[arg-type]
+        .where(Task.job_id == job_id, Attempt.state == AttemptState.DONE))
+    if mean is None:
+        return None
+    return round(float(mean) * left / max(1, counts.get(TaskState.RUNNING, 0)), 1)
 
 
 def get_task(store: Store, task_id: int) -> dict[str, Any]:

@@ -302,6 +302,40 @@ def cancel(object_id: int = typer.Argument(..., metavar="ID"),
 
 
 @app.command()
+def retry(object_id: int = typer.Argument(..., metavar="ID"),
+          config: Path | None = ConfigOption,
+          is_task: bool = typer.Option(False, "--task", help="ID is a task, not a job."),
+          as_json: bool = JsonOption) -> None:
+    """Run failed tasks again (a job's, or with --task one task); their dependents follow."""
+    with rpc_client(_settings(config)) as rpc:
+        try:
+            reply = (rpc.scheduler.retry_task(object_id) if is_task
+                     else rpc.scheduler.retry_job(object_id))
+        except CorralError as exc:
+            _fail(exc)
+    if as_json:
+        _print_json(reply)
+    elif is_task:
+        console.print(f"task {object_id}: {reply['state']}")
+    else:
+        console.print(f"job {object_id}: {reply['retried_tasks']} failed tasks retried")
+
+
+@app.command()
+def why(task_id: int, config: Path | None = ConfigOption, as_json: bool = JsonOption) -> None:
+    """Why a task is not running yet (or where it is), in words and as a code."""
+    with rpc_client(_settings(config)) as rpc:
+        try:
+            answer = rpc.scheduler.why_task(task_id)
+        except CorralError as exc:
+            _fail(exc)
+    if as_json:
+        _print_json(answer)
+    else:
+        console.print(f"task {task_id} is {answer['state']} [{answer['code']}]: {answer['reason']}")
+
+
+@app.command()
 def workers(config: Path | None = ConfigOption,
             show_all: bool = typer.Option(False, "--all", help="Include lost and departed."),
             as_json: bool = JsonOption) -> None:

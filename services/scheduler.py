@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 from typing import Any
 
 import eventlet
@@ -23,11 +24,11 @@ from services import _scheduler_store as store_ops
 from services._band_publisher import BandPublisher
 from services._dispatch import IdleWorker, Release
 from shared import events
-from shared.bands import queue_name
+from shared.bands import band_for_priority, queue_name
 from shared.config import Settings, settings_from_mapping
 from shared.contracts import RegistryRpc
 from shared.db import Store, create_db_engine
-from shared.errors import EXPECTED_EXCEPTIONS
+from shared.errors import EXPECTED_EXCEPTIONS, CorralError, InvalidSpec
 from shared.spec import validate_job_spec
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class Dispatcher:
         self._spawn = spawn
         self._lock = threading.Lock()
         self._wanted = False
+        self._last_aging = time.monotonic()
 
     def set_worker(self, worker_id: str, pool: str, bands: list[str]) -> None:
         self.workers[worker_id] = IdleWorker(worker_id, pool, frozenset(bands))
@@ -77,6 +79,13 @@ class Dispatcher:
         finally:
             self._lock.release()
         return released
+
+    def age_if_due(self) -> None:
+        now = time.monotonic()
+        if now - self._last_aging >= self.settings.aging_seconds:
+            self._last_aging = now
+            store_ops.age_waiting_tasks(self.store, self.settings.bands,
+                                        self.settings.aging_seconds)
 
     def republish_stale(self) -> None:
         """Publish again the messages of tasks dispatched long ago that the queue no longer holds.
@@ -145,7 +154,7 @@ class SchedulerService:
         settings = self.core.settings
         plan = validate_job_spec(spec, settings.bands, max_env_bytes=settings.max_env_bytes,
                                  max_tasks=settings.max_tasks_per_job)
-        outcome = store_ops.submit_job(self.core.store, plan)
+        outcome = store_ops.submit_job(self.core.store, plan, settings.max_queued_per_user)
         self.core.request_release()
         self._emit(outcome.events)
         return outcome.reply
@@ -186,6 +195,59 @@ class SchedulerService:
         outcome = store_ops.retry_job(self.core.store, int(job_id))
         self.core.request_release()
         return outcome.reply
+
+    @rpc(expected_exceptions=EXPECTED_EXCEPTIONS)
+    def pause_job(self, job_id: int, kill: bool = False) -> dict[str, Any]:
+        outcome = store_ops.pause_job(self.core.store, int(job_id), bool(kill))
+        self._emit(outcome.events)
+        return outcome.reply
+
+    @rpc(expected_exceptions=EXPECTED_EXCEPTIONS)
+    def resume_job(self, job_id: int) -> dict[str, Any]:
+        outcome = store_ops.resume_job(self.core.store, int(job_id))
+        self.core.request_release()
+        return outcome.reply
+
+    @rpc(expected_exceptions=EXPECTED_EXCEPTIONS)
+    def set_priority(self, job_id: int, priority: int) -> dict[str, Any]:
+        band = band_for_priority(self.core.settings.bands, int(priority))
+        if band is None:
+            raise InvalidSpec(f"priority: {priority} is outside every band")
+        outcome = store_ops.set_job_priority(self.core.store, int(job_id), int(priority),
+                                             band.name)
+        self.core.request_release()
+        return outcome.reply
+
+    @rpc(expected_exceptions=EXPECTED_EXCEPTIONS)
+    def requeue_task(self, task_id: int) -> dict[str, Any]:
+        outcome = store_ops.requeue_task(self.core.store, int(task_id))
+        self._emit(outcome.events)
+        self.core.request_release()
+        return outcome.reply
+
+    @rpc(expected_exceptions=EXPECTED_EXCEPTIONS)
+    def bulk(self, operation: str, user: str | None = None, state: str | None = None,
+             name_pattern: str | None = None, job_ids: list[int] | None = None,
+             kill: bool = False, priority: int | None = None) -> dict[str, Any]:
+        """Apply one job operation to every job matching the filter; each job in its own step."""
+        operations = {
+            "pause": lambda job_id: self.pause_job(job_id, kill),
+            "resume": self.resume_job,
+            "cancel": self.cancel_job,
+            "retry": self.retry_job,
+            "priority": lambda job_id: self.set_priority(job_id, priority),
+        }
+        if operation not in operations:
+            raise InvalidSpec(f"operation: {operation!r} is not one of {sorted(operations)}")
+        if operation == "priority" and priority is None:
+            raise InvalidSpec("priority: required for the priority operation")
+        results, errors = [], []
+        for job_id in store_ops.select_jobs(self.core.store, user, state, name_pattern, job_ids):
+            try:
+                results.append(operations[operation](job_id))
+            except CorralError as exc:
+                errors.append({"job_id": job_id, "error": str(exc)})
+        return {"operation": operation, "done": results, "errors": errors}
 
     @rpc(expected_exceptions=EXPECTED_EXCEPTIONS)
     def why_task(self, task_id: int) -> dict[str, Any]:
@@ -248,6 +310,7 @@ class SchedulerService:
     def sweep(self) -> None:
         """Expire leases, republish lost messages, and release tasks whose retry delay is over."""
         lost = store_ops.expire_leases(self.core.store)
+        self.core.age_if_due()
         for item in lost:
             log.warning("task %(task_id)s: lease of worker %(worker_id)s expired", item)
         self.core.republish_stale()

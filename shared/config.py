@@ -65,6 +65,8 @@ class Settings(BaseModel):
     max_env_bytes: int = Field(gt=0)
     max_tasks_per_job: int = Field(gt=0)
     log_tail_bytes: int = Field(ge=0)
+    max_queued_per_user: int = Field(gt=0)
+    aging_seconds: float = Field(gt=0)
 
     @field_validator("bands", mode="before")
     @classmethod
@@ -118,6 +120,8 @@ def settings_from_mapping(raw: Mapping[str, Any], base_dir: Path | None = None) 
         "max_env_bytes": 32768,
         "max_tasks_per_job": 100000,
         "log_tail_bytes": 4096,
+        "max_queued_per_user": 1000,
+        "aging_seconds": 300,
     }
     values.update(defaults)
     values.update(corral)

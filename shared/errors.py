@@ -5,6 +5,7 @@
     ├── NotFound             no job, task or worker with that id
     ├── InvalidState         the operation does not apply in the object's current state
     ├── StaleLease           a report carried a lease token that is no longer current
+    ├── LimitExceeded        a farm limit (such as queued tasks per user) would be passed
     ├── ConfigError          the configuration file or a value in it is wrong
     └── BrokerUnreachable    RabbitMQ could not be reached
 """
@@ -46,6 +47,11 @@ class StaleLease(CorralError):
 
 
 @deserialize_to_instance
+class LimitExceeded(CorralError):
+    """A farm limit would be passed, such as the number of queued tasks per user."""
+
+
+@deserialize_to_instance
 class ConfigError(CorralError):
     """The configuration is wrong; the message names the key."""
 
@@ -55,5 +61,5 @@ class BrokerUnreachable(CorralError):
     """RabbitMQ could not be reached at the configured address."""
 
 
-EXPECTED_EXCEPTIONS = (InvalidSpec, NotFound, InvalidState, StaleLease)
+EXPECTED_EXCEPTIONS = (InvalidSpec, NotFound, InvalidState, StaleLease, LimitExceeded)
 """Errors a service raises on purpose: listed in every @rpc's expected_exceptions."""

@@ -117,3 +117,34 @@ def test_missing_program_fails_with_a_clear_reason(farm: Farm) -> None:
     job = farm.submit([{"command": ["no-such-renderer", "-f", "1"]}])
     done = farm.wait_for_job(job["id"])
     assert done["tasks"][0]["reason"] == "could not start 'no-such-renderer': no such executable"
+
+
+def test_frame_by_frame_chunk_starts_while_an_upstream_chunk_still_runs(farm: Farm) -> None:
+    farm.start(workers=2)
+    slow_last = "if [ {frame} = 10 ]; then sleep 6; fi"
+    job = farm.rpc.scheduler.submit_job({"layers": [
+        {"name": "render", "command": [slow_last], "shell": True, "frames": "1-10"},
+        {"name": "comp", "command": ["true"], "frames": "1-10",
+         "depends_on": [{"layer": "render", "per_frame": True}]}]})
+    done = farm.wait_for_job(job["id"], timeout=90)
+    assert done["state"] == "done"
+    attempts = {t["name"]: farm.rpc.scheduler.get_task(t["id"])["attempts"][-1]
+                for t in done["tasks"]}
+    assert attempts["comp.3"]["process_started_at"] < attempts["render.10"]["process_ended_at"]
+    assert attempts["comp.10"]["process_started_at"] >= attempts["render.10"]["process_ended_at"]
+
+
+def test_why_explains_a_waiting_and_a_queued_task(farm: Farm) -> None:
+    farm.start(workers=1)
+    job = farm.rpc.scheduler.submit_job({"tasks": [
+        {"command": ["sleep", "3"], "name": "first"},
+        {"command": ["true"], "name": "second", "depends_on": [0]},
+        {"command": ["true"], "name": "third"}]})
+    farm.wait_for(lambda: farm.rpc.scheduler.get_job(job["id"], task_limit=0)["state"] ==
+                  "running", 20, "the job to start")
+    first, second, third = (t["id"] for t in farm.rpc.scheduler.get_job(job["id"])["tasks"])
+    assert farm.rpc.scheduler.why_task(second)["code"] == "dependency"
+    assert f"task {first} (first)" in farm.rpc.scheduler.why_task(second)["reason"]
+    assert farm.rpc.scheduler.why_task(third)["code"] == "queued"
+    assert farm.rpc.scheduler.why_task(first)["code"] == "running"
+    assert farm.wait_for_job(job["id"])["state"] == "done"
