@@ -36,6 +36,7 @@ class Release:
     pool: str
     band: str
     worker_id: str
+    user: str = ""
 
 
 def absorb_dispatched(idle: Sequence[IdleWorker],
@@ -54,19 +55,30 @@ def absorb_dispatched(idle: Sequence[IdleWorker],
     return free
 
 
-def choose_next(queue: Sequence[Candidate], running_by_user: Mapping[str, int]) -> Candidate:
-    """Among the tasks sharing the best (head, priority), the oldest of the least-served user."""
+def choose_next(queue: Sequence[Candidate], running_by_user: Mapping[str, int],
+                last_served: Mapping[str, float] | None = None) -> Candidate:
+    """Among the tasks sharing the best (head, priority), the oldest of the least-served user.
+
+    Least served is fewest running tasks (pyLoadBalancer's rule); between users running as
+    many, the one served longest ago goes first, so one free worker alternates between users
+    instead of draining the first user's backlog.
+    """
+    served = last_served or {}
     best = (queue[0].head, queue[0].priority)
     group = [c for c in queue if (c.head, c.priority) == best]
-    return min(group, key=lambda c: (running_by_user.get(c.user, 0), c.task_id))
+    return min(group, key=lambda c: (running_by_user.get(c.user, 0),
+                                     served.get(c.user, float("-inf")), c.task_id))
 
 
 def plan_release(idle: Sequence[IdleWorker],
                  candidates: Mapping[tuple[str, str], Sequence[Candidate]],
                  running_by_user: Mapping[str, int],
-                 bands_high_first: Sequence[str]) -> list[Release]:
+                 bands_high_first: Sequence[str],
+                 last_served: Mapping[str, float] | None = None) -> list[Release]:
     """Match ready tasks to idle workers: highest band first, one task per idle worker."""
     running: Counter[str] = Counter(running_by_user)
+    served = dict(last_served or {})
+    clock = max(served.values(), default=0.0)
     releases: list[Release] = []
     for pool in sorted({w.pool for w in idle}):
         free = [w for w in idle if w.pool == pool]
@@ -76,12 +88,15 @@ def plan_release(idle: Sequence[IdleWorker],
                 servers = [w for w in free if band in w.bands]
                 if not servers:
                     break
-                pick = choose_next(queue, running)
+                pick = choose_next(queue, running, served)
                 queue.remove(pick)
                 worker = min(servers, key=lambda w: (len(w.bands), w.worker_id))
                 free.remove(worker)
                 running[pick.user] += 1
-                releases.append(Release(pick.task_id, pick.attempt, pool, band, worker.worker_id))
+                clock += 1
+                served[pick.user] = clock
+                releases.append(Release(pick.task_id, pick.attempt, pool, band, worker.worker_id,
+                                        pick.user))
     return releases
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -364,7 +364,8 @@ def _dependents_of_job(session: Session, job_id: int) -> set[int]:
 # --- release ------------------------------------------------------------------------------------
 
 def plan_next_releases(store: Store, workers: Iterable[IdleWorker],
-                       bands_high_first: Sequence[str], window: int = 16) -> list[Release]:
+                       bands_high_first: Sequence[str], window: int = 16,
+                       last_served: Mapping[str, float] | None = None) -> list[Release]:
     """Choose the tasks to publish now, one per idle worker that serves their pool and band.
 
     Per pool and band it reads the first `slots + window` ready tasks in order, plus the oldest
@@ -416,7 +417,7 @@ def plan_next_releases(store: Store, workers: Iterable[IdleWorker],
     running_by_user: dict[str, int] = {}
     for row in in_flight:
         running_by_user[row[4]] = running_by_user.get(row[4], 0) + 1
-    return plan_release(idle, candidates, running_by_user, bands_high_first)
+    return plan_release(idle, candidates, running_by_user, bands_high_first, last_served)
 
 
 _USERS_IN_GROUP = text("""

@@ -158,7 +158,7 @@ def submit(ctx: typer.Context, config: Path | None = ConfigOption,
            spec: Path | None = typer.Option(None, help="Submit a JSON job spec file instead."),
            wait: bool = typer.Option(False, help="Wait for the job and show its progress."),
            as_json: bool = JsonOption) -> None:
-    """Submit a job: `corral submit [options] -- CMD ARGS...`, or `--spec job.json`."""
+    """Submit a job: `corral submit OPTIONS -- CMD ARGS...`, or `--spec job.json`."""
     settings = _settings(config)
     if spec is not None:
         try:
@@ -283,42 +283,101 @@ def task(task_id: int, config: Path | None = ConfigOption, as_json: bool = JsonO
         console.print(data["log_tail"], markup=False, highlight=False)
 
 
+UserFilter = typer.Option(None, "--user", help="Bulk: every job of this user.")
+StateFilter = typer.Option(None, "--state", help="Bulk: every job in this state.")
+NameFilter = typer.Option(None, "--name", help="Bulk: jobs whose name matches a glob (shot010*).")
+ObjectId = typer.Argument(None, metavar="[ID]", help="A job id (or a task id with --task).")
+
+
+def _job_operation(config: Path | None, operation: str, object_id: int | None,
+                   user: str | None, state: str | None, name: str | None, as_json: bool,
+                   single: Any, **extra: Any) -> None:
+    """One job by id, or every job matching --user/--state/--name through scheduler.bulk."""
+    if object_id is None and not (user or state or name):
+        _fail(ValueError(f"{operation}: give a job ID, or a filter (--user, --state, --name)"))
+    with rpc_client(_settings(config)) as rpc:
+        try:
+            if user or state or name:
+                reply = rpc.scheduler.bulk(operation, user=user, state=state, name_pattern=name,
+                                           job_ids=[object_id] if object_id else None, **extra)
+            else:
+                reply = single(rpc, object_id)
+        except CorralError as exc:
+            _fail(exc)
+    if as_json:
+        _print_json(reply)
+    elif "done" in reply:
+        console.print(f"{operation}: {len(reply['done'])} jobs")
+        for error in reply["errors"]:
+            err_console.print(f"job {error['job_id']}: {error['error']}")
+    else:
+        console.print(", ".join(f"{key} {value}" for key, value in reply.items()))
+
+
 @app.command()
-def cancel(object_id: int = typer.Argument(..., metavar="ID"),
-           config: Path | None = ConfigOption,
+def cancel(object_id: int | None = ObjectId, config: Path | None = ConfigOption,
            is_task: bool = typer.Option(False, "--task", help="ID is a task, not a job."),
-           as_json: bool = JsonOption) -> None:
-    """Cancel a job (or with --task one task); running processes are killed."""
-    with rpc_client(_settings(config)) as rpc:
-        try:
-            reply = (rpc.scheduler.cancel_task(object_id) if is_task
-                     else rpc.scheduler.cancel_job(object_id))
-        except CorralError as exc:
-            _fail(exc)
-    if as_json:
-        _print_json(reply)
-    else:
-        console.print(f"{'task' if is_task else 'job'} {object_id}: {reply['state']}")
+           user: str | None = UserFilter, state: str | None = StateFilter,
+           name: str | None = NameFilter, as_json: bool = JsonOption) -> None:
+    """Cancel a job, a task (--task), or jobs by filter; running processes are killed."""
+    _job_operation(config, "cancel", object_id, user, state, name, as_json,
+                   lambda rpc, i: rpc.scheduler.cancel_task(i) if is_task
+                   else rpc.scheduler.cancel_job(i))
 
 
 @app.command()
-def retry(object_id: int = typer.Argument(..., metavar="ID"),
-          config: Path | None = ConfigOption,
+def retry(object_id: int | None = ObjectId, config: Path | None = ConfigOption,
           is_task: bool = typer.Option(False, "--task", help="ID is a task, not a job."),
-          as_json: bool = JsonOption) -> None:
-    """Run failed tasks again (a job's, or with --task one task); their dependents follow."""
+          user: str | None = UserFilter, state: str | None = StateFilter,
+          name: str | None = NameFilter, as_json: bool = JsonOption) -> None:
+    """Run failed tasks again (a job's, one task's, or by filter); their dependents follow."""
+    _job_operation(config, "retry", object_id, user, state, name, as_json,
+                   lambda rpc, i: rpc.scheduler.retry_task(i) if is_task
+                   else rpc.scheduler.retry_job(i))
+
+
+@app.command()
+def pause(object_id: int | None = ObjectId, config: Path | None = ConfigOption,
+          kill: bool = typer.Option(False, "--kill", help="Stop running tasks now (uncharged)."),
+          user: str | None = UserFilter, state: str | None = StateFilter,
+          name: str | None = NameFilter, as_json: bool = JsonOption) -> None:
+    """Pause jobs: running tasks finish (or with --kill stop now), nothing new starts."""
+    _job_operation(config, "pause", object_id, user, state, name, as_json,
+                   lambda rpc, i: rpc.scheduler.pause_job(i, kill=kill), kill=kill)
+
+
+@app.command()
+def resume(object_id: int | None = ObjectId, config: Path | None = ConfigOption,
+           user: str | None = UserFilter, state: str | None = StateFilter,
+           name: str | None = NameFilter, as_json: bool = JsonOption) -> None:
+    """Resume paused jobs."""
+    _job_operation(config, "resume", object_id, user, state, name, as_json,
+                   lambda rpc, i: rpc.scheduler.resume_job(i))
+
+
+@app.command()
+def priority(new_priority: int = typer.Argument(..., metavar="PRIORITY"),
+             object_id: int | None = ObjectId, config: Path | None = ConfigOption,
+             user: str | None = UserFilter, state: str | None = StateFilter,
+             name: str | None = NameFilter, as_json: bool = JsonOption) -> None:
+    """Change the priority of a job (`corral priority 500 12`) or of jobs by filter."""
+    _job_operation(config, "priority", object_id, user, state, name, as_json,
+                   lambda rpc, i: rpc.scheduler.set_priority(i, new_priority),
+                   priority=new_priority)
+
+
+@app.command()
+def requeue(task_id: int, config: Path | None = ConfigOption, as_json: bool = JsonOption) -> None:
+    """Put a task back at the head of its band (a running one is stopped, uncharged)."""
     with rpc_client(_settings(config)) as rpc:
         try:
-            reply = (rpc.scheduler.retry_task(object_id) if is_task
-                     else rpc.scheduler.retry_job(object_id))
+            reply = rpc.scheduler.requeue_task(task_id)
         except CorralError as exc:
             _fail(exc)
     if as_json:
         _print_json(reply)
-    elif is_task:
-        console.print(f"task {object_id}: {reply['state']}")
     else:
-        console.print(f"job {object_id}: {reply['retried_tasks']} failed tasks retried")
+        console.print(f"task {task_id}: {reply['state']}")
 
 
 @app.command()

@@ -47,6 +47,10 @@ class Dispatcher:
         self._lock = threading.Lock()
         self._wanted = False
         self._last_aging = time.monotonic()
+        # When each user last had a task released: fairness's tie-break between users running
+        # as many tasks. Kept in memory; after a restart every user starts even.
+        self.last_served: dict[str, float] = {}
+        self._served_clock = 0.0
 
     def set_worker(self, worker_id: str, pool: str, bands: list[str]) -> None:
         self.workers[worker_id] = IdleWorker(worker_id, pool, frozenset(bands))
@@ -70,9 +74,13 @@ class Dispatcher:
             while self._wanted:
                 self._wanted = False
                 plan = store_ops.plan_next_releases(self.store, list(self.workers.values()),
-                                                    self.bands_high_first)
+                                                    self.bands_high_first,
+                                                    last_served=self.last_served)
                 if not plan:
                     continue
+                for release in plan:
+                    self._served_clock += 1
+                    self.last_served[release.user] = self._served_clock
                 published = self.publisher.publish(plan)
                 store_ops.mark_dispatched(self.store, published)
                 released += len(published)

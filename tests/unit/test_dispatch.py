@@ -72,3 +72,17 @@ def test_retry_policy() -> None:
     assert should_retry(1, 3, 75, [75])
     assert not should_retry(1, 3, 1, [75])
     assert not should_retry(1, 3, None, [75])
+
+
+def test_between_users_running_as_many_the_one_served_longest_ago_goes_first() -> None:
+    queue = [candidate(2, "a"), candidate(3, "a"), candidate(9, "b")]
+    plan = plan_release([worker("w", "normal")], {("cpu", "normal"): queue}, {}, HIGH_FIRST,
+                        last_served={"a": 5.0, "b": 1.0})
+    assert [r.task_id for r in plan] == [9]
+
+
+def test_one_pass_alternates_between_users() -> None:
+    queue = [candidate(1, "a"), candidate(2, "a"), candidate(3, "a"), candidate(4, "b")]
+    idle = [worker("w1", "normal"), worker("w2", "normal"), worker("w3", "normal")]
+    plan = plan_release(idle, {("cpu", "normal"): queue}, {}, HIGH_FIRST)
+    assert [r.task_id for r in plan] == [1, 4, 2]
