@@ -14,6 +14,7 @@ class IdleWorker:
     worker_id: str
     pool: str
     bands: frozenset[str]
+    host: str = ""
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,7 @@ class Candidate:
     user: str
     priority: int
     head: bool
+    job_id: int = 0
 
 
 @dataclass(frozen=True)
@@ -74,8 +76,14 @@ def plan_release(idle: Sequence[IdleWorker],
                  candidates: Mapping[tuple[str, str], Sequence[Candidate]],
                  running_by_user: Mapping[str, int],
                  bands_high_first: Sequence[str],
-                 last_served: Mapping[str, float] | None = None) -> list[Release]:
-    """Match ready tasks to idle workers: highest band first, one task per idle worker."""
+                 last_served: Mapping[str, float] | None = None,
+                 excluded_hosts: Mapping[int, frozenset[str]] | None = None) -> list[Release]:
+    """Match ready tasks to idle workers: highest band first, one task per idle worker.
+
+    A job's task never goes to a worker on a host excluded from that job (Deadline's bad-worker
+    list); such a task is passed over for this pass.
+    """
+    excluded = excluded_hosts or {}
     running: Counter[str] = Counter(running_by_user)
     served = dict(last_served or {})
     clock = max(served.values(), default=0.0)
@@ -90,7 +98,11 @@ def plan_release(idle: Sequence[IdleWorker],
                     break
                 pick = choose_next(queue, running, served)
                 queue.remove(pick)
-                worker = min(servers, key=lambda w: (len(w.bands), w.worker_id))
+                barred = excluded.get(pick.job_id, frozenset())
+                eligible = [w for w in servers if w.host not in barred]
+                if not eligible:
+                    continue
+                worker = min(eligible, key=lambda w: (len(w.bands), w.worker_id))
                 free.remove(worker)
                 running[pick.user] += 1
                 clock += 1

@@ -82,6 +82,7 @@ class Job(SchedulerTable, table=True):
     task_count: int = 0
     depends_on: str = "[]"  # JSON list of job ids
     paused: bool = False
+    max_host_failures: int = 3  # a host that fails this many of the job's attempts is excluded
     created_at: float
     started_at: float | None = None
     finished_at: float | None = None
@@ -119,6 +120,7 @@ class Task(SchedulerTable, table=True):
     env: str = "{}"          # JSON object
     cwd: str | None = None
     timeout: float | None = None
+    stall_timeout: float | None = None  # seconds without output before the task is killed
     max_attempts: int = 1
     retry_delay: float = 0.0
     retry_exit_codes: str | None = None   # JSON list, or NULL for any failure
@@ -238,7 +240,8 @@ def submit_job(store: Store, plan: JobPlan, max_queued_per_user: int | None = No
         waiting_on_jobs = _unfinished_jobs(session, plan.depends_on_jobs)
         job = Job(name=plan.name, user=plan.user, pool=plan.pool, priority=plan.priority,
                   band=plan.band, task_count=len(plan.tasks),
-                  depends_on=json.dumps(list(plan.depends_on_jobs)), created_at=now)
+                  depends_on=json.dumps(list(plan.depends_on_jobs)),
+                  max_host_failures=plan.max_host_failures, created_at=now)
         session.add(job)
         session.flush()
         assert job.id is not None
@@ -256,6 +259,7 @@ def submit_job(store: Store, plan: JobPlan, max_queued_per_user: int | None = No
                 "reason": "waiting for its dependencies" if waits else None,
                 "command": json.dumps(t.command), "shell": t.shell,
                 "env": json.dumps(t.env), "cwd": t.cwd, "timeout": t.timeout,
+                "stall_timeout": t.stall_timeout,
                 "max_attempts": t.max_attempts, "retry_delay": t.retry_delay,
                 "retry_exit_codes": (json.dumps(t.retry_exit_codes)
                                      if t.retry_exit_codes is not None else None),
@@ -389,12 +393,13 @@ def plan_next_releases(store: Store, workers: Iterable[IdleWorker],
             ready = (Task.state == TaskState.QUEUED, Task.pool == pool, Task.band == band,
                      Task.ready_at <= now)
             rows = session.execute(
-                select(Task.id, Task.attempt, Task.user, Task.priority, Task.head).where(*ready)
+                select(Task.id, Task.attempt, Task.user, Task.priority, Task.head,
+                       Task.job_id).where(*ready)
                 .order_by(Task.head.desc(), Task.priority.desc(), Task.id)  # type: ignore[attr-defined]
                 .limit(slots + window)).all()
             if not rows:
                 continue
-            queue = [Candidate(r[0], r[1], r[2], r[3], bool(r[4])) for r in rows]
+            queue = [Candidate(r[0], r[1], r[2], r[3], bool(r[4]), r[5]) for r in rows]
             top = queue[0]
             seen_users = {c.user for c in queue}
             extra = []
@@ -402,11 +407,12 @@ def plan_next_releases(store: Store, workers: Iterable[IdleWorker],
                 if user in seen_users:
                     continue
                 row = session.execute(
-                    select(Task.id, Task.attempt, Task.user, Task.priority, Task.head)
+                    select(Task.id, Task.attempt, Task.user, Task.priority, Task.head,
+                           Task.job_id)
                     .where(*ready, Task.head == top.head, Task.priority == top.priority,
                            Task.user == user).order_by(Task.id).limit(1)).first()
                 if row is not None:
-                    extra.append(Candidate(row[0], row[1], row[2], row[3], bool(row[4])))
+                    extra.append(Candidate(row[0], row[1], row[2], row[3], bool(row[4]), row[5]))
             if extra:
                 group_end = sum(1 for c in queue
                                 if (c.head, c.priority) == (top.head, top.priority))
@@ -414,10 +420,32 @@ def plan_next_releases(store: Store, workers: Iterable[IdleWorker],
             candidates[(pool, band)] = queue
         if not candidates:
             return []
+        job_ids = {c.job_id for queue in candidates.values() for c in queue}
+        excluded = excluded_hosts(session, job_ids) if any(w.host for w in idle) else {}
     running_by_user: dict[str, int] = {}
     for row in in_flight:
         running_by_user[row[4]] = running_by_user.get(row[4], 0) + 1
-    return plan_release(idle, candidates, running_by_user, bands_high_first, last_served)
+    return plan_release(idle, candidates, running_by_user, bands_high_first, last_served,
+                        excluded)
+
+
+def excluded_hosts(session: Session, job_ids: Iterable[int]) -> dict[int, frozenset[str]]:
+    """job id -> hosts that failed at least the job's max_host_failures of its attempts."""
+    ids = list(job_ids)
+    if not ids:
+        return {}
+    rows = session.execute(
+        select(Task.job_id, Attempt.host, func.count())
+        .join(Task, Task.id == Attempt.task_id)  # type: ignore[arg-type]
+        .join(Job, Job.id == Task.job_id)  # type: ignore[arg-type]
+        .where(Task.job_id.in_(ids), Attempt.state == AttemptState.FAILED,  # type: ignore[attr-defined]
+               Attempt.host.is_not(None))  # type: ignore[union-attr]
+        .group_by(Task.job_id, Attempt.host, Job.max_host_failures)
+        .having(func.count() >= Job.max_host_failures)).all()
+    excluded: dict[int, set[str]] = {}
+    for job_id, host, _count in rows:
+        excluded.setdefault(job_id, set()).add(host)
+    return {job_id: frozenset(hosts) for job_id, hosts in excluded.items()}
 
 
 _USERS_IN_GROUP = text("""
@@ -495,7 +523,7 @@ def _run_payload(task: Task, lease_seconds: float) -> dict[str, Any]:
         "status": "claimed", "task_id": task.id, "job_id": task.job_id, "attempt": task.attempt,
         "lease_token": task.lease_token, "lease_seconds": lease_seconds, "name": task.name,
         "command": json.loads(task.command), "shell": task.shell, "env": json.loads(task.env),
-        "cwd": task.cwd, "timeout": task.timeout,
+        "cwd": task.cwd, "timeout": task.timeout, "stall_timeout": task.stall_timeout,
     }
 
 
@@ -520,6 +548,13 @@ def claim_task(store: Store, task_id: int, attempt: int, worker_id: str, host: s
             # Its message was on its way when the job was paused: it waits for resume instead.
             task.state = TaskState.PAUSED
             return Outcome({"status": "stale", "task_id": task_id})
+        if host is not None and host in excluded_hosts(session, [task.job_id]).get(
+                task.job_id, frozenset()):
+            # This host keeps failing this job: send the task back for another host.
+            task.attempt += 1
+            task.state, task.head = TaskState.QUEUED, True
+            task.reason = f"host {host} is excluded from job {task.job_id} after failures"
+            return Outcome({"status": "excluded", "task_id": task_id})
         token = uuid.uuid4().hex
         claimed = session.execute(
             update(Task)

@@ -52,8 +52,8 @@ class Dispatcher:
         self.last_served: dict[str, float] = {}
         self._served_clock = 0.0
 
-    def set_worker(self, worker_id: str, pool: str, bands: list[str]) -> None:
-        self.workers[worker_id] = IdleWorker(worker_id, pool, frozenset(bands))
+    def set_worker(self, worker_id: str, pool: str, bands: list[str], host: str = "") -> None:
+        self.workers[worker_id] = IdleWorker(worker_id, pool, frozenset(bands), host)
 
     def drop_worker(self, worker_id: str) -> None:
         self.workers.pop(worker_id, None)
@@ -301,7 +301,8 @@ class SchedulerService:
 
     @event_handler("registry", events.WORKER_JOINED)
     def handle_worker_joined(self, payload: dict[str, Any]) -> None:
-        self.core.set_worker(payload["worker_id"], payload["pool"], payload["bands"])
+        self.core.set_worker(payload["worker_id"], payload["pool"], payload["bands"],
+                             payload.get("host", ""))
         self.core.request_release()
 
     @event_handler("registry", events.WORKER_LEFT)
@@ -338,7 +339,8 @@ class SchedulerService:
             return
         live = {w["worker_id"] for w in workers}
         for worker in workers:
-            self.core.set_worker(worker["worker_id"], worker["pool"], worker["bands"])
+            self.core.set_worker(worker["worker_id"], worker["pool"], worker["bands"],
+                                 worker["host"])
         for worker_id in list(self.core.workers):
             if worker_id not in live:
                 self.core.drop_worker(worker_id)

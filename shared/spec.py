@@ -48,6 +48,7 @@ class TaskSpec(BaseModel):
     env: dict[StrictStr, StrictStr] = Field(default_factory=dict)
     cwd: StrictStr | None = None
     timeout: StrictInt | StrictFloat | None = Field(default=None, gt=0)
+    stall_timeout: StrictInt | StrictFloat | None = Field(default=None, gt=0)
     retry: RetryPolicy | None = None
     depends_on: list[StrictInt] = Field(default_factory=list)
     """Positions (0-based) of tasks in this job's list that must be done first."""
@@ -81,6 +82,7 @@ class LayerSpec(BaseModel):
     env: dict[StrictStr, StrictStr] = Field(default_factory=dict)
     cwd: StrictStr | None = None
     timeout: StrictInt | StrictFloat | None = Field(default=None, gt=0)
+    stall_timeout: StrictInt | StrictFloat | None = Field(default=None, gt=0)
     retry: RetryPolicy | None = None
     depends_on: list[StrictStr | LayerDependency] = Field(default_factory=list)
 
@@ -112,6 +114,10 @@ class JobSpec(BaseModel):
     env: dict[StrictStr, StrictStr] = Field(default_factory=dict)
     cwd: StrictStr | None = None
     timeout: StrictInt | StrictFloat | None = Field(default=None, gt=0)
+    stall_timeout: StrictInt | StrictFloat | None = Field(default=None, gt=0)
+    """Kill a task that prints nothing for this many seconds ("stalled")."""
+    max_host_failures: StrictInt = Field(default=3, ge=1)
+    """A host that fails this many of the job's attempts takes no more of its tasks."""
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
 
 
@@ -129,6 +135,7 @@ class TaskPlan:
     max_attempts: int
     retry_delay: float
     retry_exit_codes: list[int] | None
+    stall_timeout: float | None = None
     layer: str | None = None
     frames: tuple[int, ...] | None = None
     depends_on: tuple[int, ...] = ()
@@ -148,6 +155,7 @@ class JobPlan:
     band: str
     tasks: list[TaskPlan] = field(default_factory=list)
     depends_on_jobs: tuple[int, ...] = ()
+    max_host_failures: int = 3
 
 
 def _field_path(location: Iterable[Any]) -> str:
@@ -196,7 +204,8 @@ def validate_job_spec(raw: Any, bands: Iterable[Band], *, max_env_bytes: int,
     if len(tasks) > max_tasks:
         raise InvalidSpec(f"tasks: {len(tasks)} tasks is more than the limit of {max_tasks}")
     return JobPlan(name=spec.name, user=spec.user, pool=spec.pool, priority=spec.priority,
-                   band=band.name, tasks=tasks, depends_on_jobs=tuple(spec.depends_on))
+                   band=band.name, tasks=tasks, depends_on_jobs=tuple(spec.depends_on),
+                   max_host_failures=spec.max_host_failures)
 
 
 def _defaults(spec: JobSpec, item: TaskSpec | LayerSpec, path: str,
@@ -208,8 +217,10 @@ def _defaults(spec: JobSpec, item: TaskSpec | LayerSpec, path: str,
         raise InvalidSpec(f"{path}.command: with shell=true it must be one string")
     retry = item.retry or spec.retry
     timeout = item.timeout or spec.timeout
+    stall = item.stall_timeout or spec.stall_timeout
     return {"shell": item.shell, "env": env, "cwd": item.cwd or spec.cwd,
             "timeout": float(timeout) if timeout else None,
+            "stall_timeout": float(stall) if stall else None,
             "max_attempts": retry.max_attempts, "retry_delay": float(retry.delay_seconds),
             "retry_exit_codes": (list(retry.on_exit_codes)
                                  if retry.on_exit_codes is not None else None)}

@@ -247,6 +247,7 @@ class Worker:
         run = TaskRun(task_id=claim["task_id"], job_id=claim["job_id"], attempt=claim["attempt"],
                       command=claim["command"], shell=claim["shell"], env=claim["env"],
                       cwd=claim["cwd"], timeout=claim["timeout"],
+                      stall_timeout=claim.get("stall_timeout"),
                       log_path=storage / "logs" / str(claim["job_id"]) / f"{name}.log",
                       result_path=storage / "results" / str(claim["job_id"]) / f"{name}.json")
         self.current = run

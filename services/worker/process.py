@@ -43,6 +43,7 @@ class TaskRun:
     timeout: float | None
     log_path: Path
     result_path: Path
+    stall_timeout: float | None = None
     progress: int = 0
     exit_code: int | None = None
     reason: str | None = None
@@ -120,12 +121,15 @@ class TaskRun:
                 return
         self.started_at = time.time()
         self.pid = self._process.pid
+        watch = asyncio.create_task(self._watch_for_stall()) if self.stall_timeout else None
         try:
             await asyncio.wait_for(self._process.wait(), self.timeout)
         except TimeoutError:
             self.kill(f"timed out after {self.timeout:g} s")
             await self._process.wait()
         finally:
+            if watch is not None:
+                watch.cancel()
             # Whatever the payload left behind in its group goes with it.
             _kill_group(self._process.pid, signal.SIGKILL)
         self.ended_at = time.time()
@@ -137,6 +141,23 @@ class TaskRun:
         self.scan_progress()
         self.result = self._read_result()
         self.log_tail = self._read_tail(log_tail_bytes)
+
+    async def _watch_for_stall(self) -> None:
+        """Kill the payload when its log has not grown for stall_timeout seconds."""
+        assert self.stall_timeout is not None
+        last_size, last_change = -1, time.monotonic()
+        while True:
+            await asyncio.sleep(min(1.0, self.stall_timeout / 4))
+            try:
+                size = self.log_path.stat().st_size  # noqa: ASYNC240
+            except OSError:
+                size = last_size
+            now = time.monotonic()
+            if size != last_size:
+                last_size, last_change = size, now
+            elif now - last_change >= self.stall_timeout:
+                self.kill(f"stalled: no output for {self.stall_timeout:g} s")
+                return
 
     def _read_result(self) -> Any:
         try:

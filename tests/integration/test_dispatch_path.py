@@ -1,6 +1,7 @@
 """The dispatch path end to end on the real broker: submit, release, claim, run, finish."""
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -148,3 +149,24 @@ def test_why_explains_a_waiting_and_a_queued_task(farm: Farm) -> None:
     assert farm.rpc.scheduler.why_task(third)["code"] == "queued"
     assert farm.rpc.scheduler.why_task(first)["code"] == "running"
     assert farm.wait_for_job(job["id"])["state"] == "done"
+
+
+def test_task_silent_past_its_stall_timeout_is_killed_as_stalled(farm: Farm) -> None:
+    farm.start(workers=1)
+    job = farm.submit([{"command": ["sh", "-c", "echo starting; sleep 30"], "stall_timeout": 1}])
+    done = farm.wait_for_job(job["id"], timeout=30)
+    assert done["tasks"][0]["reason"] == "stalled: no output for 1 s"
+
+
+def test_host_that_keeps_failing_a_job_is_excluded_from_it(farm: Farm) -> None:
+    farm.start(workers=1)  # one host: once it is excluded, nothing else may run the job
+    job = farm.submit([{"command": ["false"]} for _ in range(3)], max_host_failures=2,
+                      retry={"max_attempts": 3})
+    task_ids = [t["id"] for t in farm.rpc.scheduler.get_job(job["id"])["tasks"]]
+    farm.wait_for(lambda: sum(len(farm.rpc.scheduler.get_task(t)["attempts"])
+                              for t in task_ids) >= 2, 30, "two failed attempts")
+    time.sleep(2)
+    attempts = [a for t in task_ids for a in farm.rpc.scheduler.get_task(t)["attempts"]]
+    assert len(attempts) == 2  # the host failed twice: it takes no third attempt
+    why = farm.rpc.scheduler.why_task(task_ids[-1])
+    assert why["state"] in ("queued", "dispatched")

@@ -86,3 +86,14 @@ def test_one_pass_alternates_between_users() -> None:
     idle = [worker("w1", "normal"), worker("w2", "normal"), worker("w3", "normal")]
     plan = plan_release(idle, {("cpu", "normal"): queue}, {}, HIGH_FIRST)
     assert [r.task_id for r in plan] == [1, 4, 2]
+
+
+def test_task_never_goes_to_a_host_excluded_from_its_job() -> None:
+    bad = IdleWorker("bad", "cpu", frozenset({"normal"}), host="render07")
+    good = IdleWorker("good", "cpu", frozenset({"normal"}), host="render08")
+    queue = [Candidate(1, 1, "u", 50, False, job_id=7), Candidate(2, 1, "u", 50, False, job_id=8)]
+    plan = plan_release([bad, good], {("cpu", "normal"): queue}, {}, HIGH_FIRST,
+                        excluded_hosts={7: frozenset({"render07"})})
+    assert {(r.task_id, r.worker_id) for r in plan} == {(1, "good"), (2, "bad")}
+    assert plan_release([bad], {("cpu", "normal"): queue[:1]}, {}, HIGH_FIRST,
+                        excluded_hosts={7: frozenset({"render07"})}) == []

@@ -228,3 +228,17 @@ def test_fairness_sees_a_user_behind_a_deep_backlog_of_another(scheduler_store: 
     plan = ops.plan_next_releases(scheduler_store, [IdleWorker("w2", "cpu", ALL_BANDS)],
                                   ["high", "normal", "low"])
     assert [r.task_id for r in plan] == [b_task]
+
+
+def test_host_failing_a_job_enough_times_is_excluded_and_refused(scheduler_store: Store) -> None:
+    job = submit(scheduler_store, tasks=3, max_host_failures=2, retry={"max_attempts": 5})
+    ids = task_ids(scheduler_store, job["id"])
+    for task_id in ids[:2]:
+        token = claim(scheduler_store, task_id)["lease_token"]
+        ops.finish_task(scheduler_store, task_id, token, 1)
+    with scheduler_store.read() as session:
+        assert ops.excluded_hosts(session, [job["id"]]) == {job["id"]: frozenset({"host"})}
+    reply = ops.claim_task(scheduler_store, ids[2], 1, "w9", "host", LEASE).reply
+    assert reply["status"] == "excluded"
+    assert ops.claim_task(scheduler_store, ids[2], 2, "w9", "other", LEASE).reply["status"] == \
+        "claimed"
