@@ -19,6 +19,7 @@ from rich.table import Table
 
 from shared.config import Settings, load_settings
 from shared.errors import BrokerUnreachable, ConfigError, CorralError
+from shared.templates import TEMPLATES, template_from_args
 
 app = typer.Typer(help="Corral: a render and compute farm manager.", no_args_is_help=True,
                   add_completion=False)
@@ -143,6 +144,15 @@ def _parse_env(items: list[str]) -> dict[str, str]:
     return env
 
 
+def _is_template(args: list[str]) -> bool:
+    """`corral submit blender ...` names a template; `corral submit -- blender ...` a command."""
+    if not args or args[0] not in TEMPLATES:
+        return False
+    argv = sys.argv
+    dash = argv.index("--") if "--" in argv else len(argv)
+    return args[0] in argv[:dash]
+
+
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def submit(ctx: typer.Context, config: Path | None = ConfigOption,
            name: str = typer.Option("job", help="Job name."),
@@ -158,9 +168,23 @@ def submit(ctx: typer.Context, config: Path | None = ConfigOption,
            spec: Path | None = typer.Option(None, help="Submit a JSON job spec file instead."),
            wait: bool = typer.Option(False, help="Wait for the job and show its progress."),
            as_json: bool = JsonOption) -> None:
-    """Submit a job: `corral submit OPTIONS -- CMD ARGS...`, or `--spec job.json`."""
+    """Submit a job: `corral submit OPTIONS -- CMD ARGS...`, `--spec job.json`, or a template:
+    `corral submit blender scene.blend --frames 1-240 --chunk 10 [--movie out.mp4]`."""
     settings = _settings(config)
-    if spec is not None:
+    if spec is None and _is_template(ctx.args):
+        try:
+            job_spec = template_from_args(ctx.args[0], ctx.args[1:])
+        except CorralError as exc:
+            _fail(exc)
+        job_spec.update({"user": user or getpass.getuser(), "pool": pool, "priority": priority,
+                         "retry": {"max_attempts": max_attempts, "delay_seconds": retry_delay}})
+        if name != "job":
+            job_spec["name"] = name
+        if env:
+            job_spec["env"] = {**job_spec.get("env", {}), **_parse_env(env)}
+        if timeout is not None:
+            job_spec["timeout"] = timeout
+    elif spec is not None:
         try:
             job_spec = json.loads(spec.read_text())
         except (OSError, ValueError) as exc:

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from tests.farm import CONFIG, ROOT, Farm
 
@@ -74,3 +75,23 @@ def test_up_runs_the_whole_farm_and_stops_cleanly_on_ctrl_c(farm: Farm) -> None:
     time.sleep(0.5)
     leftovers = subprocess.run(["pgrep", "-g", str(up.pid)], capture_output=True, text=True)
     assert leftovers.stdout.strip() == ""
+
+
+def test_submit_of_a_python_template_runs_one_task_per_chunk(farm: Farm, tmp_path: Path) -> None:
+    farm.start(workers=2)
+    ledger = tmp_path / "ledger"
+    script = tmp_path / "frames.py"
+    script.write_text(f"import sys\nopen({str(ledger)!r}, 'a').write(sys.argv[1] + '\\n')\n")
+    done = corral(farm, "submit", "--wait", "--json", "python", str(script), "--frames", "1-5",
+                  "--chunk", "2", "--", "{frames}")
+    assert done.returncode == 0, done.stderr
+    job = json.loads(done.stdout)
+    assert [t["name"] for t in job["tasks"]] == ["script.1-2", "script.3-4", "script.5"]
+    assert sorted(ledger.read_text().split()) == ["1,2", "3,4", "5"]
+
+
+def test_plain_command_named_like_a_template_still_runs_as_a_command(farm: Farm) -> None:
+    farm.start(workers=1)
+    done = corral(farm, "submit", "--wait", "--json", "--", "python", "-c", "print('plain')")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["tasks"][0]["command"] == ["python", "-c", "print('plain')"]
