@@ -253,7 +253,7 @@ def submit_job(store: Store, plan: JobPlan, max_queued_per_user: int | None = No
                 "frame_start": t.frames[0] if t.frames else None,
                 "frame_end": t.frames[-1] if t.frames else None,
                 "frame_count": len(t.frames) if t.frames else None,
-                "user": plan.user, "pool": plan.pool, "band": plan.band,
+                "user": plan.user, "pool": t.pool or plan.pool, "band": plan.band,
                 "priority": plan.priority, "base_priority": plan.priority,
                 "state": TaskState.WAITING if waits else TaskState.QUEUED,
                 "reason": "waiting for its dependencies" if waits else None,

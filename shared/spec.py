@@ -44,6 +44,8 @@ class TaskSpec(BaseModel):
 
     command: list[StrictStr] = Field(min_length=1, max_length=4096)
     name: StrictStr | None = Field(default=None, max_length=200)
+    pool: StrictStr | None = Field(default=None, min_length=1, max_length=64,
+                                   pattern=NAME_PATTERN)
     shell: StrictBool = False
     env: dict[StrictStr, StrictStr] = Field(default_factory=dict)
     cwd: StrictStr | None = None
@@ -76,6 +78,8 @@ class LayerSpec(BaseModel):
 
     name: StrictStr = Field(min_length=1, max_length=100, pattern=NAME_PATTERN)
     command: list[StrictStr] = Field(min_length=1, max_length=4096)
+    pool: StrictStr | None = Field(default=None, min_length=1, max_length=64,
+                                   pattern=NAME_PATTERN)
     frames: StrictStr | None = None
     chunk: StrictInt = Field(default=1, ge=1)
     shell: StrictBool = False
@@ -136,6 +140,8 @@ class TaskPlan:
     retry_delay: float
     retry_exit_codes: list[int] | None
     stall_timeout: float | None = None
+    pool: str | None = None
+    """None: the job's pool."""
     layer: str | None = None
     frames: tuple[int, ...] | None = None
     depends_on: tuple[int, ...] = ()
@@ -219,6 +225,7 @@ def _defaults(spec: JobSpec, item: TaskSpec | LayerSpec, path: str,
     timeout = item.timeout or spec.timeout
     stall = item.stall_timeout or spec.stall_timeout
     return {"shell": item.shell, "env": env, "cwd": item.cwd or spec.cwd,
+            "pool": item.pool or spec.pool,
             "timeout": float(timeout) if timeout else None,
             "stall_timeout": float(stall) if stall else None,
             "max_attempts": retry.max_attempts, "retry_delay": float(retry.delay_seconds),

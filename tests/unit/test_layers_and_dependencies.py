@@ -152,3 +152,11 @@ def test_why_names_the_missing_worker_or_the_queue_position(scheduler_store: Sto
         "no worker serves pool cpu, band high"
     why = ops.why_task(scheduler_store, last, [IdleWorker("w1", "cpu", ALL_BANDS)])
     assert (why["code"], why["position"]) == ("queued", 3)
+
+
+def test_a_layer_can_run_in_its_own_pool(scheduler_store: Store) -> None:
+    job = submit(scheduler_store, {"pool": "cpu", "layers": [
+        {**RENDER, "pool": "gpu"}, {"name": "movie", "command": ["ffmpeg"],
+                                    "depends_on": ["render"]}]})
+    assert {t["name"]: t["pool"] for t in job["tasks"]}["render.1-3"] == "gpu"
+    assert {t["name"]: t["pool"] for t in job["tasks"]}["movie"] == "cpu"
