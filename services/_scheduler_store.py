@@ -121,6 +121,9 @@ class Task(SchedulerTable, table=True):
     cwd: str | None = None
     timeout: float | None = None
     stall_timeout: float | None = None  # seconds without output before the task is killed
+    resources: str | None = None  # JSON minimum {"cores", "memory_mb", "gpus", "custom"}
+    preferred: str | None = None  # JSON preferred amounts, same shape
+    memory_factor: float = 1.0    # applied to memory after an out-of-memory kill
     max_attempts: int = 1
     retry_delay: float = 0.0
     retry_exit_codes: str | None = None   # JSON list, or NULL for any failure
@@ -172,6 +175,7 @@ class Attempt(SchedulerTable, table=True):
     # The payload's own start and end on the worker's clock: the run time a user cares about.
     process_started_at: float | None = None
     process_ended_at: float | None = None
+    peak_memory_mb: int | None = None
 
 
 @dataclass
@@ -195,6 +199,8 @@ def _task_dict(task: Task) -> dict[str, Any]:
     data["env"] = json.loads(task.env)
     data["retry_exit_codes"] = json.loads(task.retry_exit_codes) if task.retry_exit_codes else None
     data["result"] = json.loads(task.result) if task.result is not None else None
+    data["resources"] = json.loads(task.resources) if task.resources else None
+    data["preferred"] = json.loads(task.preferred) if task.preferred else None
     return data
 
 
@@ -260,6 +266,9 @@ def submit_job(store: Store, plan: JobPlan, max_queued_per_user: int | None = No
                 "command": json.dumps(t.command), "shell": t.shell,
                 "env": json.dumps(t.env), "cwd": t.cwd, "timeout": t.timeout,
                 "stall_timeout": t.stall_timeout,
+                "resources": json.dumps(t.resources) if t.resources else None,
+                "preferred": json.dumps(t.preferred) if t.preferred else None,
+                "memory_factor": t.memory_factor,
                 "max_attempts": t.max_attempts, "retry_delay": t.retry_delay,
                 "retry_exit_codes": (json.dumps(t.retry_exit_codes)
                                      if t.retry_exit_codes is not None else None),
@@ -524,6 +533,8 @@ def _run_payload(task: Task, lease_seconds: float) -> dict[str, Any]:
         "lease_token": task.lease_token, "lease_seconds": lease_seconds, "name": task.name,
         "command": json.loads(task.command), "shell": task.shell, "env": json.loads(task.env),
         "cwd": task.cwd, "timeout": task.timeout, "stall_timeout": task.stall_timeout,
+        "resources": json.loads(task.resources) if task.resources else None,
+        "preferred": json.loads(task.preferred) if task.preferred else None,
     }
 
 
@@ -628,7 +639,8 @@ def _finish_job_if_complete(session: Session, job_id: int,
 def finish_task(store: Store, task_id: int, lease_token: str, exit_code: int | None,
                 result: Any = None, reason: str | None = None, log_tail: str | None = None,
                 log_path: str | None = None, process_started_at: float | None = None,
-                process_ended_at: float | None = None) -> Outcome:
+                process_ended_at: float | None = None,
+                peak_memory_mb: int | None = None) -> Outcome:
     """Record an attempt's end: DONE, a retry under the task's policy, or FAILED with its reason."""
     with store.write() as session:
         now = store.now(session)
@@ -651,6 +663,7 @@ def finish_task(store: Store, task_id: int, lease_token: str, exit_code: int | N
             attempt.log_path = log_path
             attempt.process_started_at = process_started_at
             attempt.process_ended_at = process_ended_at
+            attempt.peak_memory_mb = peak_memory_mb
         task.exit_code = exit_code
         task.log_path = log_path
         task.lease_token = None
@@ -672,6 +685,8 @@ def finish_task(store: Store, task_id: int, lease_token: str, exit_code: int | N
             assert why is not None
             codes = json.loads(task.retry_exit_codes) if task.retry_exit_codes else None
             if should_retry(task.failures, task.max_attempts, exit_code, codes):
+                if why.startswith(OUT_OF_MEMORY) and task.resources and task.memory_factor > 1:
+                    _raise_memory(task)
                 task.state = _ready_state(session, task)
                 task.attempt += 1
                 task.ready_at = now + task.retry_delay
@@ -688,6 +703,18 @@ def finish_task(store: Store, task_id: int, lease_token: str, exit_code: int | N
                 emitted.append((events.TASK_FAILED, {**base, "reason": why, "will_retry": False}))
         emitted.extend(_finish_job_if_complete(session, task.job_id, now))
         return Outcome({"task_id": task_id, "state": task.state}, emitted)
+
+
+OUT_OF_MEMORY = "out of memory"
+
+
+def _raise_memory(task: Task) -> None:
+    """Ask for memory_factor times more memory next time (OpenCue's retry with more memory)."""
+    for column in ("resources", "preferred"):
+        amounts = json.loads(getattr(task, column) or "null")
+        if amounts and amounts.get("memory_mb"):
+            amounts["memory_mb"] = int(amounts["memory_mb"] * task.memory_factor)
+            setattr(task, column, json.dumps(amounts))
 
 
 def hand_back_task(store: Store, task_id: int, lease_token: str, reason: str) -> Outcome:

@@ -116,6 +116,8 @@ def worker(config: Path | None = ConfigOption,
            on_stop: str = typer.Option("finish", help="On SIGTERM: 'finish' the running task, "
                                                        "or 'hand-back' to kill and requeue it."),
            nice: int | None = typer.Option(None, help="Process priority (nice) for payloads."),
+           memory_headroom: float = typer.Option(
+               1.0, min=1.0, help="Kill a payload above its memory request times this."),
            ) -> None:
     """Run one worker: one payload at a time from the pool's band queues."""
     from services.worker.main import DrainMode, run_worker
@@ -127,7 +129,7 @@ def worker(config: Path | None = ConfigOption,
     except ValueError:
         _fail(ValueError(f"--on-stop must be 'finish' or 'hand-back', not {on_stop!r}"))
     try:
-        run_worker(settings, pool, band_list, mode, nice)
+        run_worker(settings, pool, band_list, mode, nice, memory_headroom)
     except ValueError as exc:
         _fail(exc)
 

@@ -283,10 +283,11 @@ class SchedulerService:
     def finish_task(self, task_id: int, lease_token: str, exit_code: int | None,
                     result: Any = None, reason: str | None = None, log_tail: str | None = None,
                     log_path: str | None = None, process_started_at: float | None = None,
-                    process_ended_at: float | None = None) -> dict[str, Any]:
+                    process_ended_at: float | None = None,
+                    peak_memory_mb: int | None = None) -> dict[str, Any]:
         outcome = store_ops.finish_task(self.core.store, int(task_id), lease_token, exit_code,
                                         result, reason, log_tail, log_path, process_started_at,
-                                        process_ended_at)
+                                        process_ended_at, peak_memory_mb)
         self.core.request_release()
         self._emit(outcome.events)
         return outcome.reply

@@ -49,7 +49,8 @@ class SchedulerRpc(Protocol):
     def finish_task(self, task_id: int, lease_token: str, exit_code: int | None,
                     result: Any = None, reason: str | None = None, log_tail: str | None = None,
                     log_path: str | None = None, process_started_at: float | None = None,
-                    process_ended_at: float | None = None) -> dict[str, Any]: ...
+                    process_ended_at: float | None = None,
+                    peak_memory_mb: int | None = None) -> dict[str, Any]: ...
 
     def hand_back_task(self, task_id: int, lease_token: str, reason: str) -> dict[str, Any]: ...
 

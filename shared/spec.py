@@ -22,6 +22,7 @@ from pydantic import (
 from shared.bands import Band, band_for_priority
 from shared.errors import InvalidSpec
 from shared.frames import Chunk, chunk_frames, parse_frame_range, substitute
+from shared.resources import parse_size
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
@@ -35,6 +36,19 @@ class RetryPolicy(BaseModel):
     delay_seconds: StrictInt | StrictFloat = Field(default=0, ge=0, le=86400)
     on_exit_codes: list[StrictInt] | None = None
     """Retry only on these exit codes; None retries any failure."""
+    memory_factor: StrictInt | StrictFloat = Field(default=1.0, ge=1.0, le=16.0)
+    """After an out-of-memory kill, the next attempt asks for this much more memory."""
+
+
+class ResourceSpec(BaseModel):
+    """Amounts of a host's resources: cores, memory (512M, 64G, 1.5T), GPUs, custom counts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cores: StrictInt | StrictFloat = Field(default=1, ge=0, le=4096)
+    memory: StrictStr | StrictInt | None = None
+    gpus: StrictInt = Field(default=0, ge=0, le=64)
+    custom: dict[StrictStr, StrictInt | StrictFloat] = Field(default_factory=dict)
 
 
 class TaskSpec(BaseModel):
@@ -51,6 +65,8 @@ class TaskSpec(BaseModel):
     cwd: StrictStr | None = None
     timeout: StrictInt | StrictFloat | None = Field(default=None, gt=0)
     stall_timeout: StrictInt | StrictFloat | None = Field(default=None, gt=0)
+    resources: ResourceSpec | None = None
+    preferred: ResourceSpec | None = None
     retry: RetryPolicy | None = None
     depends_on: list[StrictInt] = Field(default_factory=list)
     """Positions (0-based) of tasks in this job's list that must be done first."""
@@ -87,6 +103,8 @@ class LayerSpec(BaseModel):
     cwd: StrictStr | None = None
     timeout: StrictInt | StrictFloat | None = Field(default=None, gt=0)
     stall_timeout: StrictInt | StrictFloat | None = Field(default=None, gt=0)
+    resources: ResourceSpec | None = None
+    preferred: ResourceSpec | None = None
     retry: RetryPolicy | None = None
     depends_on: list[StrictStr | LayerDependency] = Field(default_factory=list)
 
@@ -122,6 +140,9 @@ class JobSpec(BaseModel):
     """Kill a task that prints nothing for this many seconds ("stalled")."""
     max_host_failures: StrictInt = Field(default=3, ge=1)
     """A host that fails this many of the job's attempts takes no more of its tasks."""
+    resources: ResourceSpec | None = None
+    """Minimum amounts each task needs; a task gets min(free, max(preferred, minimum))."""
+    preferred: ResourceSpec | None = None
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
 
 
@@ -140,6 +161,10 @@ class TaskPlan:
     retry_delay: float
     retry_exit_codes: list[int] | None
     stall_timeout: float | None = None
+    resources: dict[str, Any] | None = None
+    """{"cores", "memory_mb", "gpus", "custom"}: the minimum; None asks for nothing."""
+    preferred: dict[str, Any] | None = None
+    memory_factor: float = 1.0
     pool: str | None = None
     """None: the job's pool."""
     layer: str | None = None
@@ -224,13 +249,30 @@ def _defaults(spec: JobSpec, item: TaskSpec | LayerSpec, path: str,
     retry = item.retry or spec.retry
     timeout = item.timeout or spec.timeout
     stall = item.stall_timeout or spec.stall_timeout
+    minimum = item.resources or spec.resources
+    preferred = item.preferred or spec.preferred
     return {"shell": item.shell, "env": env, "cwd": item.cwd or spec.cwd,
             "pool": item.pool or spec.pool,
             "timeout": float(timeout) if timeout else None,
             "stall_timeout": float(stall) if stall else None,
+            "resources": _amounts(minimum, f"{path}.resources" if item.resources
+                                  else "resources"),
+            "preferred": _amounts(preferred, f"{path}.preferred" if item.preferred
+                                  else "preferred"),
+            "memory_factor": float(retry.memory_factor),
             "max_attempts": retry.max_attempts, "retry_delay": float(retry.delay_seconds),
             "retry_exit_codes": (list(retry.on_exit_codes)
                                  if retry.on_exit_codes is not None else None)}
+
+
+def _amounts(resources: ResourceSpec | None, path: str) -> dict[str, Any] | None:
+    """Plain amounts with memory in megabytes, or None when nothing was asked for."""
+    if resources is None:
+        return None
+    memory = (parse_size(resources.memory, field_path=f"{path}.memory")
+              if resources.memory is not None else 0)
+    return {"cores": float(resources.cores), "memory_mb": memory, "gpus": resources.gpus,
+            "custom": dict(resources.custom)}
 
 
 def _plan_tasks(spec: JobSpec, max_env_bytes: int) -> list[TaskPlan]:

@@ -40,7 +40,7 @@ class Worker:
 
     def __init__(self, settings: Settings, pool: str, bands: list[str],
                  drain_mode: DrainMode = DrainMode.FINISH, nice: int | None = None,
-                 worker_id: str | None = None) -> None:
+                 worker_id: str | None = None, memory_headroom: float = 1.0) -> None:
         known = {b.name for b in settings.bands}
         unknown = [b for b in bands if b not in known]
         if unknown:
@@ -50,6 +50,7 @@ class Worker:
         self.bands = bands
         self.drain_mode = drain_mode
         self.nice = nice
+        self.memory_headroom = memory_headroom
         self.host = socket.gethostname()
         self.worker_id = worker_id or f"{self.host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.current: TaskRun | None = None
@@ -248,6 +249,9 @@ class Worker:
                       command=claim["command"], shell=claim["shell"], env=claim["env"],
                       cwd=claim["cwd"], timeout=claim["timeout"],
                       stall_timeout=claim.get("stall_timeout"),
+                      memory_limit_mb=(claim.get("resources") or {}).get("memory_mb") or None,
+                      memory_headroom=self.memory_headroom,
+                      cores=(claim.get("resources") or {}).get("cores") or None,
                       log_path=storage / "logs" / str(claim["job_id"]) / f"{name}.log",
                       result_path=storage / "results" / str(claim["job_id"]) / f"{name}.json")
         self.current = run
@@ -271,7 +275,8 @@ class Worker:
                                log_tail=None if run.exit_code == 0 and not run.reason
                                else run.log_tail,
                                log_path=str(run.log_path), process_started_at=run.started_at,
-                               process_ended_at=run.ended_at)
+                               process_ended_at=run.ended_at,
+                               peak_memory_mb=run.peak_memory_mb or None)
 
     def _payload_env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -348,10 +353,11 @@ async def _settle(awaitable: Any) -> None:
 
 
 def run_worker(settings: Settings, pool: str, bands: list[str],
-               drain_mode: DrainMode = DrainMode.FINISH, nice: int | None = None) -> None:
+               drain_mode: DrainMode = DrainMode.FINISH, nice: int | None = None,
+               memory_headroom: float = 1.0) -> None:
     if nice is not None:
         os.nice(nice)
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    worker = Worker(settings, pool, bands, drain_mode, nice)
+    worker = Worker(settings, pool, bands, drain_mode, nice, memory_headroom=memory_headroom)
     asyncio.run(worker.run())

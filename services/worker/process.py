@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 PROGRESS_LINE = re.compile(rb"^CORRAL_PROGRESS\s+(\d{1,3}(?:\.\d+)?)\s*$", re.MULTILINE)
 MAX_RESULT_BYTES = 1 << 20
 SETPRIV = shutil.which("setpriv") if sys.platform == "linux" else None
@@ -44,7 +46,11 @@ class TaskRun:
     log_path: Path
     result_path: Path
     stall_timeout: float | None = None
+    memory_limit_mb: int | None = None
+    memory_headroom: float = 1.0
+    cores: float | None = None
     progress: int = 0
+    peak_memory_mb: int = 0
     exit_code: int | None = None
     reason: str | None = None
     result: Any = None
@@ -97,6 +103,10 @@ class TaskRun:
         env = {**base_env, **self.env, "CORRAL_TASK_ID": str(self.task_id),
                "CORRAL_JOB_ID": str(self.job_id), "CORRAL_ATTEMPT": str(self.attempt),
                "CORRAL_RESULT": str(self.result_path)}
+        if self.cores:
+            env["CORRAL_CORES"] = f"{self.cores:g}"
+        if self.memory_limit_mb:
+            env["CORRAL_MEMORY_MB"] = str(self.memory_limit_mb)
         # Local stat and open calls take microseconds: not worth a thread hop on the hot path.
         if self.cwd is not None and not os.path.isdir(self.cwd):  # noqa: ASYNC240
             self.reason = f"working directory {self.cwd} does not exist"
@@ -122,6 +132,7 @@ class TaskRun:
         self.started_at = time.time()
         self.pid = self._process.pid
         watch = asyncio.create_task(self._watch_for_stall()) if self.stall_timeout else None
+        memory = asyncio.create_task(self._watch_memory())
         try:
             await asyncio.wait_for(self._process.wait(), self.timeout)
         except TimeoutError:
@@ -130,6 +141,7 @@ class TaskRun:
         finally:
             if watch is not None:
                 watch.cancel()
+            memory.cancel()
             # Whatever the payload left behind in its group goes with it.
             _kill_group(self._process.pid, signal.SIGKILL)
         self.ended_at = time.time()
@@ -141,6 +153,32 @@ class TaskRun:
         self.scan_progress()
         self.result = self._read_result()
         self.log_tail = self._read_tail(log_tail_bytes)
+
+    async def _watch_memory(self) -> None:
+        """Sample the payload's whole process tree; over its limit (with headroom), kill it."""
+        assert self.pid is not None
+        try:
+            root = psutil.Process(self.pid)
+        except psutil.Error:
+            return
+        while True:
+            total = 0
+            try:
+                tree = [root, *root.children(recursive=True)]
+            except psutil.Error:
+                return
+            for process in tree:
+                try:
+                    total += process.memory_info().rss
+                except psutil.Error:
+                    pass  # it ended between the listing and the read
+            used = total // (1024 * 1024)
+            self.peak_memory_mb = max(self.peak_memory_mb, used)
+            if self.memory_limit_mb and used > self.memory_limit_mb * self.memory_headroom:
+                self.kill(f"out of memory (peak {self.peak_memory_mb} MB, limit "
+                          f"{self.memory_limit_mb} MB)")
+                return
+            await asyncio.sleep(0.2)
 
     async def _watch_for_stall(self) -> None:
         """Kill the payload when its log has not grown for stall_timeout seconds."""

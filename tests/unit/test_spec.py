@@ -47,3 +47,19 @@ def test_job_defaults_apply_to_tasks_and_tasks_override_them() -> None:
     assert (second.name, second.env, second.cwd, second.timeout, second.max_attempts) == \
         ("special", {"A": "1", "B": "2"}, "/t", 5.0, 1)
     assert plan.band == "normal"
+
+
+def test_resources_are_read_with_sizes_and_tasks_override_the_job() -> None:
+    plan = validate({"resources": {"cores": 4, "memory": "8G"},
+                     "preferred": {"cores": 16, "memory": "32G"},
+                     "tasks": [{"command": ["x"]},
+                               {"command": ["y"], "resources": {"memory": "512M", "gpus": 1}}]})
+    first, second = plan.tasks
+    assert first.resources == {"cores": 4.0, "memory_mb": 8192, "gpus": 0, "custom": {}}
+    assert first.preferred == {"cores": 16.0, "memory_mb": 32768, "gpus": 0, "custom": {}}
+    assert second.resources == {"cores": 1.0, "memory_mb": 512, "gpus": 1, "custom": {}}
+
+
+def test_bad_memory_size_names_its_field() -> None:
+    with pytest.raises(InvalidSpec, match=r"^tasks\[0\]\.resources\.memory: '12 parsecs' is not"):
+        validate({"tasks": [{"command": ["x"], "resources": {"memory": "12 parsecs"}}]})
