@@ -15,26 +15,10 @@ if ! missing; then
     exit 0
 fi
 
-sudo=""
-if [ "$(id -u)" -ne 0 ]; then
-    if ! command -v sudo >/dev/null; then
-        echo "corral: blender and ffmpeg are needed and this is not root, with no sudo." >&2
-        echo "        Install them (Debian/Ubuntu: sudo apt-get install blender ffmpeg) and run again." >&2
-        exit 1
-    fi
-    sudo="sudo"
-fi
-if ! command -v apt-get >/dev/null; then
-    echo "corral: blender and ffmpeg are needed and apt-get is not available: install them" >&2
-    echo "        (Blender 3.x or later, ffmpeg with ffprobe) and run again." >&2
-    exit 1
-fi
-
-echo "corral: installing blender and ffmpeg (apt-get install blender ffmpeg)"
+source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 # No recommends: a headless render needs neither the desktop integration nor the extra fonts.
-$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-    blender ffmpeg </dev/null >/dev/null
+ensure_apt_packages "the job templates drive them: Blender 3.x or later, ffmpeg with ffprobe" \
+    blender ffmpeg
 
 if missing; then
     echo "corral: blender, ffmpeg or ffprobe is still missing after apt-get install" >&2

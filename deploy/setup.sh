@@ -30,6 +30,40 @@ except OSError:
 PY
 }
 
+wait_for_port() {
+    # wait_for_port PORT SECONDS WHAT: true once 127.0.0.1:PORT answers, else say so.
+    for _ in $(seq 1 "$2"); do
+        if port_open 127.0.0.1 "$1"; then return 0; fi
+        sleep 1
+    done
+    echo "corral: $3 did not come up on 127.0.0.1:$1" >&2
+    return 1
+}
+
+ensure_apt_packages() {
+    # ensure_apt_packages WHY PACKAGE...: install Debian packages, or say how to when we cannot.
+    local why="$1"
+    shift
+    local sudo=""
+    if [ "$(id -u)" -ne 0 ]; then
+        if ! command -v sudo >/dev/null; then
+            echo "corral: $* needed ($why), and this is not root, with no sudo." >&2
+            echo "        Install them (Debian/Ubuntu: sudo apt-get install $*) and run again." >&2
+            return 1
+        fi
+        sudo="sudo"
+    fi
+    if ! command -v apt-get >/dev/null; then
+        echo "corral: $* needed ($why), and apt-get is not available: install them and run again." >&2
+        return 1
+    fi
+    echo "corral: installing $* ($why)"
+    # No recommends: nothing here needs desktop integration, and docker.io would bring an engine.
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        "$@" </dev/null >/dev/null
+}
+
 ensure_rabbitmq() {
     if port_open 127.0.0.1 5672; then return 0; fi
     if ! command -v rabbitmq-server >/dev/null; then
@@ -39,12 +73,7 @@ ensure_rabbitmq() {
     fi
     echo "corral: starting RabbitMQ (rabbitmq-server -detached)"
     rabbitmq-server -detached
-    for _ in $(seq 1 60); do
-        if port_open 127.0.0.1 5672; then return 0; fi
-        sleep 1
-    done
-    echo "corral: RabbitMQ did not come up on 127.0.0.1:5672" >&2
-    return 1
+    wait_for_port 5672 60 RabbitMQ
 }
 
 ensure_postgresql() {
@@ -55,36 +84,13 @@ ensure_postgresql() {
     fi
     echo "corral: starting PostgreSQL"
     pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n 1)" main start
-    for _ in $(seq 1 30); do
-        if port_open 127.0.0.1 5432; then return 0; fi
-        sleep 1
-    done
-    echo "corral: PostgreSQL did not come up on 127.0.0.1:5432" >&2
-    return 1
+    wait_for_port 5432 30 PostgreSQL
 }
 
 ensure_compose_validator() {
     # The tests validate docker-compose.yml with `docker-compose config -q`, which needs no engine.
     if command -v docker-compose >/dev/null; then return 0; fi
-    local sudo=""
-    if [ "$(id -u)" -ne 0 ]; then
-        if ! command -v sudo >/dev/null; then
-            echo "corral: docker-compose is missing (the tests validate docker-compose.yml with it)." >&2
-            echo "        Install it (Debian/Ubuntu: sudo apt-get install docker-compose) and run again." >&2
-            return 1
-        fi
-        sudo="sudo"
-    fi
-    if ! command -v apt-get >/dev/null; then
-        echo "corral: docker-compose is missing (the tests validate docker-compose.yml with it)" >&2
-        echo "        and apt-get is not available: install docker-compose 1.29 or later and run again." >&2
-        return 1
-    fi
-    echo "corral: installing docker-compose to validate docker-compose.yml (apt-get install docker-compose)"
-    # No recommends: the validator needs no Docker engine, and docker.io would bring one.
-    $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        docker-compose </dev/null >/dev/null
+    ensure_apt_packages "the tests validate docker-compose.yml with it" docker-compose
     if ! command -v docker-compose >/dev/null; then
         echo "corral: docker-compose is still missing after apt-get install docker-compose" >&2
         return 1
