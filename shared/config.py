@@ -56,6 +56,7 @@ class Settings(BaseModel):
     storage_root: Path
     scheduler_db: str
     registry_db: str
+    negotiator_db: str
     bands: tuple[Band, ...]
     lease_seconds: float = Field(gt=0)
     heartbeat_seconds: float = Field(gt=0)
@@ -107,6 +108,7 @@ def settings_from_mapping(raw: Mapping[str, Any], base_dir: Path | None = None) 
         "storage_root": storage_root,
         "scheduler_db": databases.pop("scheduler", "") or f"sqlite:///{data_dir / 'scheduler.db'}",
         "registry_db": databases.pop("registry", "") or f"sqlite:///{data_dir / 'registry.db'}",
+        "negotiator_db": databases.pop("negotiator", "") or f"sqlite:///{data_dir / 'negotiator.db'}",
     }
     if databases:
         raise ConfigError(f"CORRAL.databases: unknown service {sorted(databases)[0]!r}")

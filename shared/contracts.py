@@ -74,3 +74,26 @@ class RegistryRpc(Protocol):
     def list_services(self) -> list[dict[str, Any]]: ...
 
     def farm_overview(self) -> dict[str, Any]: ...
+
+
+class NegotiatorRpc(Protocol):
+    """RPC `resource_negotiator`: each host's capacity and every reservation against it.
+
+    Amounts are dicts `{cores, memory_mb, gpus, custom}`; a missing amount is zero.
+    """
+
+    def report_host(self, host: str, cores: float, memory_mb: int,
+                    gpus: list[dict[str, Any]] | None = None,
+                    custom: dict[str, float] | None = None) -> dict[str, Any]: ...
+
+    def reserve(self, reservation_id: str, host: str, worker_id: str, task_id: int, attempt: int,
+                minimum: dict[str, Any],
+                preferred: dict[str, Any] | None = None) -> dict[str, Any] | None: ...
+
+    def release(self, reservation_id: str) -> dict[str, Any] | None: ...
+
+    def release_for_worker(self, worker_id: str) -> list[dict[str, Any]]: ...
+
+    def free(self, host: str) -> dict[str, Any]: ...
+
+    def list_hosts(self) -> list[dict[str, Any]]: ...

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from services._negotiator_store import NegotiatorTable
 from services._registry_store import RegistryTable
 from services._scheduler_store import SchedulerTable
 from shared.bands import parse_bands
@@ -34,5 +35,12 @@ def scheduler_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[
 @pytest.fixture(params=["sqlite", "postgresql"])
 def registry_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     store = _store(request, tmp_path, RegistryTable.metadata, "registry")
+    yield store
+    store.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def negotiator_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    store = _store(request, tmp_path, NegotiatorTable.metadata, "negotiator")
     yield store
     store.dispose()

@@ -22,6 +22,7 @@ def test_environment_overrides_defaults_with_types() -> None:
     assert settings.lease_seconds == 7
     assert settings.scheduler_db == "postgresql://db/corral"
     assert settings.registry_db == "sqlite:////srv/corral/registry.db"
+    assert settings.negotiator_db == "sqlite:////srv/corral/negotiator.db"
     assert settings.storage_root == Path("/srv/corral/storage")
 
 
@@ -40,3 +41,10 @@ def test_overlapping_bands_are_refused(tmp_path: Path) -> None:
 def test_missing_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_settings(tmp_path / "nope.yaml", environ={})
+
+
+def test_negotiator_database_comes_from_its_own_variable() -> None:
+    settings = load_settings(DEFAULT_CONFIG_PATH, environ={
+        "CORRAL_NEGOTIATOR_DB": "postgresql://db/corral_negotiator"})
+    assert settings.negotiator_db == "postgresql://db/corral_negotiator"
+    assert settings.registry_db.startswith("sqlite:///")

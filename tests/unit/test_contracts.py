@@ -5,8 +5,9 @@ import inspect
 import pytest
 
 from services.registry import RegistryService
+from services.resource_negotiator import ResourceNegotiatorService
 from services.scheduler import SchedulerService
-from shared.contracts import RegistryRpc, SchedulerRpc
+from shared.contracts import NegotiatorRpc, RegistryRpc, SchedulerRpc
 
 
 def rpc_methods(service: type) -> dict[str, inspect.Signature]:
@@ -25,7 +26,8 @@ def protocol_methods(protocol: type) -> dict[str, inspect.Signature]:
 
 
 @pytest.mark.parametrize(("service", "protocol"), [(SchedulerService, SchedulerRpc),
-                                                   (RegistryService, RegistryRpc)])
+                                                   (RegistryService, RegistryRpc),
+                                                   (ResourceNegotiatorService, NegotiatorRpc)])
 def test_protocol_lists_every_rpc_method_with_the_same_parameters(service, protocol) -> None:
     served, promised = rpc_methods(service), protocol_methods(protocol)
     assert sorted(served) == sorted(promised)

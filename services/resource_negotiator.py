@@ -1,0 +1,153 @@
+"""The resource negotiator service: owns each host's capacity and every reservation made against it.
+
+Run it with `nameko run --config deploy/config.yaml services.resource_negotiator`. The class is a
+thin adapter over services._negotiator_store, where the check and the booking of a reservation
+share one transaction (which is also why a restart needs no rebuild).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from typing import Any
+
+import eventlet
+from nameko import config
+from nameko.events import event_handler
+from nameko.extensions import DependencyProvider
+from nameko.rpc import ServiceRpc, rpc
+from nameko.timer import timer
+
+from services import _negotiator_store as store_ops
+from shared import events
+from shared.config import Settings, settings_from_mapping
+from shared.contracts import RegistryRpc, SchedulerRpc
+from shared.db import Store, create_db_engine
+from shared.errors import EXPECTED_EXCEPTIONS, NotFound
+
+log = logging.getLogger(__name__)
+
+
+class NegotiatorState:
+    """What every negotiator worker shares: settings and the store."""
+
+    def __init__(self, settings: Settings, store: Store) -> None:
+        self.settings = settings
+        self.store = store
+
+
+class NegotiatorCore(DependencyProvider):
+    def setup(self) -> None:
+        settings = settings_from_mapping(config)
+        store = Store(create_db_engine(settings.negotiator_db),
+                      store_ops.NegotiatorTable.metadata)
+        store.create_schema()
+        self.state = NegotiatorState(settings, store)
+
+    def stop(self) -> None:
+        self.state.store.dispose()
+
+    def get_dependency(self, worker_ctx: Any) -> NegotiatorState:
+        return self.state
+
+
+class ResourceNegotiatorService:
+    """RPC `resource_negotiator`: hosts report what they have; workers reserve and release it."""
+
+    name = "resource_negotiator"
+
+    core: NegotiatorState = NegotiatorCore()
+    registry: RegistryRpc = ServiceRpc("registry")
+    scheduler: SchedulerRpc = ServiceRpc("scheduler")
+
+    @rpc(expected_exceptions=EXPECTED_EXCEPTIONS)
+    def report_host(self, host: str, cores: float, memory_mb: int,
+                    gpus: list[dict[str, Any]] | None = None,
+                    custom: dict[str, float] | None = None) -> dict[str, Any]:
+        totals = store_ops.host_totals_from_wire(host, cores, memory_mb, gpus, custom)
+        return store_ops.report_host(self.core.store, totals)
+
+    @rpc(expected_exceptions=EXPECTED_EXCEPTIONS)
+    def reserve(self, reservation_id: str, host: str, worker_id: str, task_id: int, attempt: int,
+                minimum: dict[str, Any],
+                preferred: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        wanted = store_ops.resources_from_wire(minimum, "minimum")
+        better = None if preferred is None else store_ops.resources_from_wire(preferred,
+                                                                              "preferred")
+        return store_ops.reserve(self.core.store, str(reservation_id), host, str(worker_id),
+                                 int(task_id), int(attempt), wanted, better)
+
+    @rpc(expected_exceptions=EXPECTED_EXCEPTIONS)
+    def release(self, reservation_id: str) -> dict[str, Any] | None:
+        return store_ops.release(self.core.store, str(reservation_id))
+
+    @rpc(expected_exceptions=EXPECTED_EXCEPTIONS)
+    def release_for_worker(self, worker_id: str) -> list[dict[str, Any]]:
+        return store_ops.release_for_worker(self.core.store, str(worker_id))
+
+    @rpc(expected_exceptions=EXPECTED_EXCEPTIONS)
+    def free(self, host: str) -> dict[str, Any]:
+        return store_ops.free(self.core.store, host)
+
+    @rpc(expected_exceptions=EXPECTED_EXCEPTIONS)
+    def list_hosts(self) -> list[dict[str, Any]]:
+        return store_ops.hosts(self.core.store)
+
+    # --- holders that are gone ------------------------------------------------------------------
+
+    def _released(self, released: list[dict[str, Any]], why: str) -> None:
+        for reservation in released:
+            log.info("released %s on %s: %s", reservation["id"], reservation["host"], why)
+
+    @event_handler("registry", events.WORKER_LOST)
+    def handle_worker_lost(self, payload: dict[str, Any]) -> None:
+        self._released(store_ops.release_for_worker(self.core.store, payload["worker_id"]),
+                       f"worker {payload['worker_id']} was lost")
+
+    @event_handler("registry", events.WORKER_LEFT)
+    def handle_worker_left(self, payload: dict[str, Any]) -> None:
+        self._released(store_ops.release_for_worker(self.core.store, payload["worker_id"]),
+                       f"worker {payload['worker_id']} left")
+
+    @event_handler("scheduler", events.TASK_FINISHED)
+    def handle_task_finished(self, payload: dict[str, Any]) -> None:
+        self._released(store_ops.release_for_task(self.core.store, int(payload["task_id"]),
+                                                  int(payload["attempt"])),
+                       f"task {payload['task_id']} finished")
+
+    @event_handler("scheduler", events.TASK_FAILED)
+    def handle_task_failed(self, payload: dict[str, Any]) -> None:
+        self._released(store_ops.release_for_task(self.core.store, int(payload["task_id"]),
+                                                  int(payload["attempt"])),
+                       f"task {payload['task_id']} failed")
+
+    @event_handler("scheduler", events.TASK_CANCELLED)
+    def handle_task_cancelled(self, payload: dict[str, Any]) -> None:
+        task_id = int(payload["task_id"])
+        task: dict[str, Any] | None
+        try:
+            # The event names no attempt: the scheduler says which one is current.
+            with eventlet.Timeout(self.core.settings.rpc_timeout_seconds):
+                task = self.scheduler.get_task(task_id)
+        except NotFound:
+            task = None
+        except (Exception, eventlet.Timeout) as exc:
+            # Freeing a live attempt's resources would oversubscribe the host; keeping an ended
+            # one's only idles them until its worker releases, leaves or is lost.
+            log.warning("task %s was cancelled but its current attempt is unknown; its "
+                        "reservations are kept: %s", task_id, exc)
+            return
+        self._released(store_ops.release_for_cancelled_task(self.core.store, task_id, task),
+                       f"task {task_id} was cancelled")
+
+    # --- timers ---------------------------------------------------------------------------------
+
+    # Not eager: an RPC made before the reply listener's queue exists kills the container.
+    @timer(interval=2)
+    def report_in(self) -> None:
+        try:
+            with eventlet.Timeout(self.core.settings.rpc_timeout_seconds):
+                self.registry.service_heartbeat(self.name, socket.gethostname())
+        except (Exception, eventlet.Timeout) as exc:
+            # Registry down: the monitor shows us as silent until it is back; nothing else waits.
+            log.warning("could not report in to the registry: %s", exc)
