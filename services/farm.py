@@ -14,7 +14,7 @@ from rich.console import Console
 
 from shared.config import DEFAULT_CONFIG_PATH, Settings
 
-SERVICES = ("services.registry", "services.scheduler")
+SERVICES = ("services.registry", "services.scheduler", "services.resource_negotiator")
 
 
 @dataclass
