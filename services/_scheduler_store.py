@@ -717,7 +717,8 @@ def _raise_memory(task: Task) -> None:
             setattr(task, column, json.dumps(amounts))
 
 
-def hand_back_task(store: Store, task_id: int, lease_token: str, reason: str) -> Outcome:
+def hand_back_task(store: Store, task_id: int, lease_token: str, reason: str,
+                   delay_seconds: float = 0.0) -> Outcome:
     """A worker gives a claimed task back (draining, or no room): first in its band, not charged."""
     with store.write() as session:
         now = store.now(session)
@@ -725,6 +726,9 @@ def hand_back_task(store: Store, task_id: int, lease_token: str, reason: str) ->
         if task.state != TaskState.RUNNING or task.lease_token != lease_token:
             return Outcome({"task_id": task_id, "state": task.state, "duplicate": True})
         _requeue_at_head(session, task, AttemptState.HANDED_BACK, reason, now)
+        # A worker with no room hands back; the delay keeps it from taking the task straight
+        # back before anything on its host has changed.
+        task.ready_at = now + max(0.0, float(delay_seconds))
         return Outcome({"task_id": task_id, "state": task.state})
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from rich.table import Table
 
 from shared.config import Settings, load_settings
 from shared.errors import BrokerUnreachable, ConfigError, CorralError
+from shared.resources import format_size
 from shared.templates import TEMPLATES, template_from_args
 
 app = typer.Typer(help="Corral: a render and compute farm manager.", no_args_is_help=True,
@@ -118,9 +120,13 @@ def worker(config: Path | None = ConfigOption,
            nice: int | None = typer.Option(None, help="Process priority (nice) for payloads."),
            memory_headroom: float = typer.Option(
                1.0, min=1.0, help="Kill a payload above its memory request times this."),
+           cores: float | None = typer.Option(None, help="This host's cores (default: detected)."),
+           memory: str | None = typer.Option(None, help="This host's memory, e.g. 64G."),
+           gpus: int | None = typer.Option(None, help="This host's GPUs (default: NVML)."),
            ) -> None:
     """Run one worker: one payload at a time from the pool's band queues."""
     from services.worker.main import DrainMode, run_worker
+    from shared.resources import detect_host_totals
 
     settings = _settings(config)
     band_list = [b for b in bands.split(",") if b] or [b.name for b in settings.bands]
@@ -129,8 +135,9 @@ def worker(config: Path | None = ConfigOption,
     except ValueError:
         _fail(ValueError(f"--on-stop must be 'finish' or 'hand-back', not {on_stop!r}"))
     try:
-        run_worker(settings, pool, band_list, mode, nice, memory_headroom)
-    except ValueError as exc:
+        totals = detect_host_totals(socket.gethostname(), cores, memory, gpus)
+        run_worker(settings, pool, band_list, mode, nice, memory_headroom, totals)
+    except (ValueError, CorralError) as exc:
         _fail(exc)
 
 
@@ -435,6 +442,24 @@ def workers(config: Path | None = ConfigOption,
         table.add_row(item["worker_id"], item["host"], item["pool"], ",".join(item["bands"]),
                       item["state"], str(item["current_task"] or ""),
                       f"{item['seen_seconds_ago']:.0f}s ago")
+    console.print(table)
+
+
+@app.command()
+def hosts(config: Path | None = ConfigOption, as_json: bool = JsonOption) -> None:
+    """Each host's totals, what is reserved on it, and what is free (from the negotiator)."""
+    with rpc_client(_settings(config)) as rpc:
+        listing = rpc.resource_negotiator.list_hosts()
+    if as_json:
+        _print_json(listing)
+        return
+    table = Table("host", "cores free/total", "memory free/total", "GPUs free/total",
+                  "reservations")
+    for host in listing:
+        free, totals = host["free"], host["totals"]
+        table.add_row(host["host"], f"{free['cores']:g}/{totals['cores']:g}",
+                      f"{format_size(free['memory_mb'])}/{format_size(totals['memory_mb'])}",
+                      f"{free['gpus']}/{totals['gpus']}", str(len(host["reservations"])))
     console.print(table)
 
 

@@ -293,8 +293,10 @@ class SchedulerService:
         return outcome.reply
 
     @rpc(expected_exceptions=EXPECTED_EXCEPTIONS)
-    def hand_back_task(self, task_id: int, lease_token: str, reason: str) -> dict[str, Any]:
-        outcome = store_ops.hand_back_task(self.core.store, int(task_id), lease_token, reason)
+    def hand_back_task(self, task_id: int, lease_token: str, reason: str,
+                       delay_seconds: float = 0.0) -> dict[str, Any]:
+        outcome = store_ops.hand_back_task(self.core.store, int(task_id), lease_token, reason,
+                                           float(delay_seconds))
         self.core.request_release()
         return outcome.reply
 

@@ -52,7 +52,8 @@ class SchedulerRpc(Protocol):
                     process_ended_at: float | None = None,
                     peak_memory_mb: int | None = None) -> dict[str, Any]: ...
 
-    def hand_back_task(self, task_id: int, lease_token: str, reason: str) -> dict[str, Any]: ...
+    def hand_back_task(self, task_id: int, lease_token: str, reason: str,
+                       delay_seconds: float = 0.0) -> dict[str, Any]: ...
 
 
 class RegistryRpc(Protocol):

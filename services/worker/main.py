@@ -21,11 +21,12 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueue
 
 from services.worker.process import TaskRun
-from services.worker.rpc import AsyncRpcClient, RpcUnavailable
+from services.worker.rpc import AsyncRpcClient, RpcUnavailable, ServiceUnknown
 from shared import events
 from shared.bands import queue_name
 from shared.config import Settings
 from shared.errors import StaleLease
+from shared.resources import HostTotals, detect_host_totals
 
 log = logging.getLogger("corral.worker")
 
@@ -40,7 +41,8 @@ class Worker:
 
     def __init__(self, settings: Settings, pool: str, bands: list[str],
                  drain_mode: DrainMode = DrainMode.FINISH, nice: int | None = None,
-                 worker_id: str | None = None, memory_headroom: float = 1.0) -> None:
+                 worker_id: str | None = None, memory_headroom: float = 1.0,
+                 host_totals: HostTotals | None = None) -> None:
         known = {b.name for b in settings.bands}
         unknown = [b for b in bands if b not in known]
         if unknown:
@@ -51,6 +53,8 @@ class Worker:
         self.drain_mode = drain_mode
         self.nice = nice
         self.memory_headroom = memory_headroom
+        self.host_totals = host_totals or detect_host_totals(socket.gethostname())
+        self.negotiated = True  # until the farm turns out to run no resource negotiator
         self.host = socket.gethostname()
         self.worker_id = worker_id or f"{self.host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.current: TaskRun | None = None
@@ -142,6 +146,7 @@ class Worker:
                         for band in self.bands]
         await self._listen_for_cancels(connection)
         await self._register()
+        await self._report_host()
         if self.current is None and not self._draining.is_set():
             await self._start_consuming()
 
@@ -166,6 +171,25 @@ class Worker:
         await self._rpc.call("registry", "register_worker", timeout=self.settings.rpc_timeout_seconds,
                              worker_id=self.worker_id, host=self.host, pool=self.pool,
                              bands=self.bands, pid=os.getpid())
+
+    async def _report_host(self) -> None:
+        """Tell the negotiator this host's totals (every worker on a host reports the same)."""
+        totals = self.host_totals
+        assert self._rpc is not None
+        try:
+            await self._rpc.call(
+                "resource_negotiator", "report_host", timeout=self.settings.rpc_timeout_seconds,
+                host=self.host, cores=totals.resources.cores,
+                memory_mb=totals.resources.memory_mb,
+                gpus=[{"index": g.index, "model": g.model, "memory_mb": g.memory_mb}
+                      for g in totals.gpus],
+                custom=dict(totals.resources.custom))
+            self.negotiated = True
+        except ServiceUnknown:
+            log.warning("no resource negotiator on this farm: task resources are not reserved")
+            self.negotiated = False
+        except RpcUnavailable as exc:
+            log.warning("could not report host totals to the negotiator: %s", exc)
 
     async def _leave(self) -> None:
         try:
@@ -254,6 +278,30 @@ class Worker:
                       cores=(claim.get("resources") or {}).get("cores") or None,
                       log_path=storage / "logs" / str(claim["job_id"]) / f"{name}.log",
                       result_path=storage / "results" / str(claim["job_id"]) / f"{name}.json")
+        grant: dict[str, Any] | None = None
+        reservation_id = f"task {claim['task_id']} attempt {claim['attempt']}"
+        if claim.get("resources") and self.negotiated:
+            try:
+                grant = await self._call(
+                    "resource_negotiator", "reserve", attempts=None, optional_service=True,
+                    reservation_id=reservation_id, host=self.host, worker_id=self.worker_id,
+                    task_id=claim["task_id"], attempt=claim["attempt"],
+                    minimum=claim["resources"], preferred=claim.get("preferred"))
+            except ServiceUnknown:
+                self.negotiated = False
+            else:
+                if grant is None:
+                    wanted = claim["resources"]
+                    await self._report(
+                        "hand_back_task", task_id=claim["task_id"],
+                        lease_token=claim["lease_token"],
+                        reason=f"no room on {self.host} for {wanted['cores']:g} cores / "
+                               f"{wanted['memory_mb']} MB / {wanted['gpus']} GPUs",
+                        delay_seconds=self.settings.heartbeat_seconds)
+                    return
+                granted = grant["resources"]
+                run.cores, run.memory_limit_mb = granted["cores"], granted["memory_mb"] or None
+                run.gpu_indices = tuple(grant["gpu_indices"])
         self.current = run
         self._lease_token = claim["lease_token"]
         renewals = asyncio.create_task(self._renew_loop(run, claim["lease_token"]))
@@ -262,6 +310,8 @@ class Worker:
         finally:
             renewals.cancel()
             self.current = None
+            if grant is not None:
+                asyncio.get_running_loop().create_task(self._release(reservation_id))
         self.tasks_run += 1
         if run._kill_reason and run._kill_reason.startswith("handed back"):
             await self._report("hand_back_task", task_id=run.task_id,
@@ -277,6 +327,15 @@ class Worker:
                                log_path=str(run.log_path), process_started_at=run.started_at,
                                process_ended_at=run.ended_at,
                                peak_memory_mb=run.peak_memory_mb or None)
+
+    async def _release(self, reservation_id: str) -> None:
+        """Give the host's resources back now; the negotiator also frees them on task events."""
+        try:
+            await self._call("resource_negotiator", "release", attempts=5, optional_service=True,
+                             reservation_id=reservation_id)
+        except RpcUnavailable as exc:
+            log.warning("could not release %s (the negotiator will on the task's end): %s",
+                        reservation_id, exc)
 
     def _payload_env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -328,14 +387,24 @@ class Worker:
                                     **kwargs)
 
     async def _call(self, service: str, method: str, attempts: int | None,
-                    **kwargs: Any) -> Any:
-        """Call until answered (`attempts` None: for ever), waiting for the connection between."""
+                    optional_service: bool = False, **kwargs: Any) -> Any:
+        """Call until answered (`attempts` None: for ever), waiting for the connection between.
+
+        With `optional_service`, a service that has never run on this broker raises
+        ServiceUnknown at once; otherwise it is waited for like one that is restarting.
+        """
         delay, tried = 0.1, 0
         while True:
             tried += 1
             try:
                 await asyncio.wait_for(self._connected.wait(), self.settings.rpc_timeout_seconds)
                 return await self._rpc_call(service, method, **kwargs)
+            except ServiceUnknown:
+                if optional_service:
+                    raise
+                log.warning("%s is not running yet; waiting for it", service)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
             except (TimeoutError, RpcUnavailable) as exc:
                 if attempts is not None and tried >= attempts:
                     raise RpcUnavailable(str(exc)) from None
@@ -354,10 +423,11 @@ async def _settle(awaitable: Any) -> None:
 
 def run_worker(settings: Settings, pool: str, bands: list[str],
                drain_mode: DrainMode = DrainMode.FINISH, nice: int | None = None,
-               memory_headroom: float = 1.0) -> None:
+               memory_headroom: float = 1.0, host_totals: HostTotals | None = None) -> None:
     if nice is not None:
         os.nice(nice)
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    worker = Worker(settings, pool, bands, drain_mode, nice, memory_headroom=memory_headroom)
+    worker = Worker(settings, pool, bands, drain_mode, nice, memory_headroom=memory_headroom,
+                    host_totals=host_totals)
     asyncio.run(worker.run())

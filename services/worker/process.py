@@ -49,6 +49,7 @@ class TaskRun:
     memory_limit_mb: int | None = None
     memory_headroom: float = 1.0
     cores: float | None = None
+    gpu_indices: tuple[int, ...] | None = None
     progress: int = 0
     peak_memory_mb: int = 0
     exit_code: int | None = None
@@ -107,6 +108,9 @@ class TaskRun:
             env["CORRAL_CORES"] = f"{self.cores:g}"
         if self.memory_limit_mb:
             env["CORRAL_MEMORY_MB"] = str(self.memory_limit_mb)
+        if self.gpu_indices is not None:
+            # Pinned to the granted GPUs only: a task that was granted none sees none.
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(index) for index in self.gpu_indices)
         # Local stat and open calls take microseconds: not worth a thread hop on the hot path.
         if self.cwd is not None and not os.path.isdir(self.cwd):  # noqa: ASYNC240
             self.reason = f"working directory {self.cwd} does not exist"

@@ -32,6 +32,10 @@ class RpcUnavailable(Exception):
     """The call got no reply in time, or the connection went away: it may be retried."""
 
 
+class ServiceUnknown(RpcUnavailable):
+    """No queue takes requests for that service: it has never run on this broker."""
+
+
 class AsyncRpcClient:
     """One reply queue on one connection; many calls in flight, matched by correlation id."""
 
@@ -45,7 +49,9 @@ class AsyncRpcClient:
         self._queue: AbstractQueue | None = None
 
     async def start(self) -> None:
-        self._channel = await self._connection.channel(publisher_confirms=True)
+        # on_return_raises: a request nobody can route fails at once instead of timing out.
+        self._channel = await self._connection.channel(publisher_confirms=True,
+                                                       on_return_raises=True)
         self._exchange = await self._channel.declare_exchange(
             RPC_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True)
         self._queue = await self._channel.declare_queue(
@@ -82,10 +88,11 @@ class AsyncRpcClient:
             await self._exchange.publish(message, routing_key=f"{service}.{method}",
                                          mandatory=True, timeout=timeout)
             reply = await asyncio.wait_for(future, timeout)
+        except aio_pika.exceptions.DeliveryError as exc:
+            # Returned as unroutable: no queue is bound for this service at all.
+            raise ServiceUnknown(f"{service}.{method}: no such service ({exc})") from None
         except (TimeoutError, aio_pika.exceptions.AMQPError, ConnectionError) as exc:
             raise RpcUnavailable(f"{service}.{method}: {type(exc).__name__} {exc}") from None
-        except aio_pika.exceptions.DeliveryError as exc:
-            raise RpcUnavailable(f"{service}.{method}: not delivered ({exc})") from None
         finally:
             self._pending.pop(correlation_id, None)
         if reply.get("error"):

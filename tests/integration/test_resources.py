@@ -1,5 +1,7 @@
 """Resources a task asks for, on real workers: its memory is watched and its request grows."""
 
+from pathlib import Path
+
 from tests.farm import Farm
 
 ALLOCATE = ("import os, time; block = bytearray(150 * 1024 * 1024); "
@@ -23,3 +25,78 @@ def test_task_over_its_memory_is_killed_then_retried_with_more(farm: Farm) -> No
     # The worker killed only its payload: it is still here, idle.
     (worker,) = farm.rpc.registry.list_workers(alive=True)
     assert worker["state"] in ("idle", "busy")
+
+
+def start_with_negotiator(farm: Farm) -> None:
+    farm.start_service("registry")
+    farm.start_service("scheduler")
+    farm.start_service("resource_negotiator")
+
+
+def free(farm: Farm) -> tuple[float, int]:
+    (host,) = farm.rpc.resource_negotiator.list_hosts()
+    return host["free"]["cores"], host["free"]["memory_mb"]
+
+
+def wait_until(path: Path) -> list[str]:
+    return ["sh", "-c", f"while [ ! -e {path} ]; do sleep 0.05; done"]
+
+
+def test_lifeblood_example_workers_share_one_host_without_overspending(farm: Farm,
+                                                                       tmp_path: Path) -> None:
+    start_with_negotiator(farm)
+    for name in ("worker1", "worker2", "worker3"):
+        farm.start_worker("--cores", "32", "--memory", "64G", name=name)
+    farm.wait_for(lambda: free(farm) == (32, 65536), 20, "the host to report 32 cores / 64G")
+    first = farm.submit([{"command": wait_until(tmp_path / "one")}],
+                        resources={"cores": 8, "memory": "16G"})
+    farm.wait_for(lambda: free(farm) == (24, 49152), 20, "24 cores / 48G free")
+    second = farm.submit([{"command": wait_until(tmp_path / "two")}],
+                         resources={"cores": 20, "memory": "40G"})
+    farm.wait_for(lambda: free(farm) == (4, 8192), 20, "4 cores / 8G free")
+    (tmp_path / "one").touch()
+    farm.wait_for_job(first["id"])
+    farm.wait_for(lambda: free(farm) == (12, 24576), 20, "12 cores / 24G free")
+    (tmp_path / "two").touch()
+    farm.wait_for_job(second["id"])
+    farm.wait_for(lambda: free(farm) == (32, 65536), 20, "the whole host free again")
+
+
+def test_task_is_handed_back_uncharged_when_its_host_has_no_room(farm: Farm,
+                                                                 tmp_path: Path) -> None:
+    start_with_negotiator(farm)
+    for name in ("worker1", "worker2"):
+        farm.start_worker("--cores", "4", "--memory", "8G", name=name)
+    ledger = tmp_path / "ledger"
+    record = f'date +%s.%N >> {ledger}; sleep 1.5; date +%s.%N >> {ledger}'
+    job = farm.submit([{"command": ["sh", "-c", record]}] * 2,
+                      resources={"cores": 3, "memory": "1G"})
+    done = farm.wait_for_job(job["id"], timeout=60)
+    assert done["counts"] == {"done": 2}
+    start_a, end_a, start_b, end_b = sorted(float(t) for t in ledger.read_text().split())
+    assert end_a <= start_b  # never both at once: 3 + 3 cores do not fit in 4
+    attempts = [a for t in done["tasks"] for a in farm.rpc.scheduler.get_task(t["id"])["attempts"]]
+    assert any(a["state"] == "handed_back" and a["reason"].startswith("no room on ")
+               for a in attempts)
+    assert all(farm.rpc.scheduler.get_task(t["id"])["failures"] == 0 for t in done["tasks"])
+
+
+def test_two_one_gpu_tasks_on_one_host_are_pinned_to_different_gpus(farm: Farm) -> None:
+    start_with_negotiator(farm)
+    for name in ("worker1", "worker2"):
+        farm.start_worker("--gpus", "2", name=name)
+    job = farm.submit([{"command": ["sh", "-c", 'echo "gpu=$CUDA_VISIBLE_DEVICES"; sleep 1.5']}]
+                      * 2, resources={"cores": 1, "gpus": 1})
+    done = farm.wait_for_job(job["id"], timeout=60)
+    seen = sorted(Path(farm.rpc.scheduler.get_task(t["id"])["log_path"]).read_text().split()[0]
+                  for t in done["tasks"])
+    assert seen == ["gpu=0", "gpu=1"]
+
+
+def test_killed_worker_reservation_is_freed(farm: Farm, tmp_path: Path) -> None:
+    start_with_negotiator(farm)
+    farm.start_worker("--cores", "8", "--memory", "8G", name="doomed")
+    farm.submit([{"command": wait_until(tmp_path / "never")}], resources={"cores": 6})
+    farm.wait_for(lambda: free(farm)[0] == 2, 20, "the reservation to be made")
+    farm.kill("doomed")
+    farm.wait_for(lambda: free(farm)[0] == 8, 30, "the lost worker's reservation to be freed")
