@@ -6,6 +6,17 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+Amounts = tuple[float, int, int]
+"""(cores, memory in MB, GPUs): what placement compares; custom resources are the negotiator's."""
+
+
+def fits(free: Amounts, needs: Amounts) -> bool:
+    return all(have >= want for have, want in zip(free, needs, strict=True))
+
+
+def take(free: Amounts, needs: Amounts) -> Amounts:
+    return (free[0] - needs[0], free[1] - needs[1], free[2] - needs[2])
+
 
 @dataclass(frozen=True)
 class IdleWorker:
@@ -27,6 +38,7 @@ class Candidate:
     priority: int
     head: bool
     job_id: int = 0
+    needs: Amounts = (0.0, 0, 0)
 
 
 @dataclass(frozen=True)
@@ -77,13 +89,17 @@ def plan_release(idle: Sequence[IdleWorker],
                  running_by_user: Mapping[str, int],
                  bands_high_first: Sequence[str],
                  last_served: Mapping[str, float] | None = None,
-                 excluded_hosts: Mapping[int, frozenset[str]] | None = None) -> list[Release]:
+                 excluded_hosts: Mapping[int, frozenset[str]] | None = None,
+                 host_free: Mapping[str, Amounts] | None = None) -> list[Release]:
     """Match ready tasks to idle workers: highest band first, one task per idle worker.
 
-    A job's task never goes to a worker on a host excluded from that job (Deadline's bad-worker
-    list); such a task is passed over for this pass.
+    A task goes only to a worker whose host has room for it (`host_free`, from the negotiator;
+    a host it has not heard of is not limited), and never to a host excluded from its job
+    (Deadline's bad-worker list). A task that fits nowhere now is passed over, so it never
+    holds back smaller tasks behind it.
     """
     excluded = excluded_hosts or {}
+    room = dict(host_free or {})
     running: Counter[str] = Counter(running_by_user)
     served = dict(last_served or {})
     clock = max(served.values(), default=0.0)
@@ -99,10 +115,13 @@ def plan_release(idle: Sequence[IdleWorker],
                 pick = choose_next(queue, running, served)
                 queue.remove(pick)
                 barred = excluded.get(pick.job_id, frozenset())
-                eligible = [w for w in servers if w.host not in barred]
+                eligible = [w for w in servers if w.host not in barred
+                            and (w.host not in room or fits(room[w.host], pick.needs))]
                 if not eligible:
                     continue
                 worker = min(eligible, key=lambda w: (len(w.bands), w.worker_id))
+                if worker.host in room:
+                    room[worker.host] = take(room[worker.host], pick.needs)
                 free.remove(worker)
                 running[pick.user] += 1
                 clock += 1

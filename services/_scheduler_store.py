@@ -19,10 +19,12 @@ from sqlalchemy.orm import Session, registry
 from sqlmodel import Field, SQLModel
 
 from services._dispatch import (
+    Amounts,
     Candidate,
     IdleWorker,
     Release,
     absorb_dispatched,
+    fits,
     plan_release,
     should_retry,
     wanted_queues,
@@ -376,9 +378,19 @@ def _dependents_of_job(session: Session, job_id: int) -> set[int]:
 
 # --- release ------------------------------------------------------------------------------------
 
+def needs_of(resources_json: str | None) -> Amounts:
+    """A task's minimum (cores, memory MB, GPUs) from its stored resources."""
+    if not resources_json:
+        return (0.0, 0, 0)
+    amounts = json.loads(resources_json)
+    return (float(amounts.get("cores") or 0), int(amounts.get("memory_mb") or 0),
+            int(amounts.get("gpus") or 0))
+
+
 def plan_next_releases(store: Store, workers: Iterable[IdleWorker],
                        bands_high_first: Sequence[str], window: int = 16,
-                       last_served: Mapping[str, float] | None = None) -> list[Release]:
+                       last_served: Mapping[str, float] | None = None,
+                       host_free: Mapping[str, Amounts] | None = None) -> list[Release]:
     """Choose the tasks to publish now, one per idle worker that serves their pool and band.
 
     Per pool and band it reads the first `slots + window` ready tasks in order, plus the oldest
@@ -403,12 +415,13 @@ def plan_next_releases(store: Store, workers: Iterable[IdleWorker],
                      Task.ready_at <= now)
             rows = session.execute(
                 select(Task.id, Task.attempt, Task.user, Task.priority, Task.head,
-                       Task.job_id).where(*ready)
+                       Task.job_id, Task.resources).where(*ready)
                 .order_by(Task.head.desc(), Task.priority.desc(), Task.id)  # type: ignore[attr-defined]
                 .limit(slots + window)).all()
             if not rows:
                 continue
-            queue = [Candidate(r[0], r[1], r[2], r[3], bool(r[4]), r[5]) for r in rows]
+            queue = [Candidate(r[0], r[1], r[2], r[3], bool(r[4]), r[5], needs_of(r[6]))
+                     for r in rows]
             top = queue[0]
             seen_users = {c.user for c in queue}
             extra = []
@@ -417,11 +430,12 @@ def plan_next_releases(store: Store, workers: Iterable[IdleWorker],
                     continue
                 row = session.execute(
                     select(Task.id, Task.attempt, Task.user, Task.priority, Task.head,
-                           Task.job_id)
+                           Task.job_id, Task.resources)
                     .where(*ready, Task.head == top.head, Task.priority == top.priority,
                            Task.user == user).order_by(Task.id).limit(1)).first()
                 if row is not None:
-                    extra.append(Candidate(row[0], row[1], row[2], row[3], bool(row[4]), row[5]))
+                    extra.append(Candidate(row[0], row[1], row[2], row[3], bool(row[4]), row[5],
+                                           needs_of(row[6])))
             if extra:
                 group_end = sum(1 for c in queue
                                 if (c.head, c.priority) == (top.head, top.priority))
@@ -435,7 +449,7 @@ def plan_next_releases(store: Store, workers: Iterable[IdleWorker],
     for row in in_flight:
         running_by_user[row[4]] = running_by_user.get(row[4], 0) + 1
     return plan_release(idle, candidates, running_by_user, bands_high_first, last_served,
-                        excluded)
+                        excluded, host_free)
 
 
 def excluded_hosts(session: Session, job_ids: Iterable[int]) -> dict[int, frozenset[str]]:
@@ -980,8 +994,12 @@ def age_waiting_tasks(store: Store, bands: Iterable[Any], older_than: float) -> 
 
 # --- why ------------------------------------------------------------------------------------------
 
-def why_task(store: Store, task_id: int, workers: Iterable[IdleWorker]) -> dict[str, Any]:
-    """Why a task is where it is: a reason a person can read and a code a program can."""
+def why_task(store: Store, task_id: int, workers: Iterable[IdleWorker],
+             hosts: Mapping[str, Mapping[str, Amounts]] | None = None) -> dict[str, Any]:
+    """Why a task is where it is: a reason a person can read and a code a program can.
+
+    `hosts` maps each host to its "totals" and "free" amounts, as the negotiator reports them.
+    """
     with store.read() as session:
         now = store.now(session)
         task = _get_task(session, task_id)
@@ -999,6 +1017,18 @@ def why_task(store: Store, task_id: int, workers: Iterable[IdleWorker]) -> dict[
             if not serving:
                 return {**answer, "code": "no_worker",
                         "reason": f"no worker serves pool {task.pool}, band {task.band}"}
+            needs = needs_of(task.resources)
+            known = {host: view for host, view in (hosts or {}).items()
+                     if host in {w.host for w in serving}}
+            if known and needs != (0.0, 0, 0):
+                wanted = (f"{needs[0]:g} cores / {needs[1] / 1024:g} GB"
+                          + (f" / {needs[2]} GPUs" if needs[2] else ""))
+                if not any(fits(view["totals"], needs) for view in known.values()):
+                    return {**answer, "code": "no_host_fits",
+                            "reason": f"no host with >= {wanted} serves pool {task.pool}"}
+                if not any(fits(view["free"], needs) for view in known.values()):
+                    return {**answer, "code": "no_room",
+                            "reason": f"waiting for a host with {wanted} free"}
             same_head = Task.head.is_(True) if task.head else Task.head.is_(False)  # type: ignore[attr-defined]
             before = [and_(same_head, Task.priority > task.priority),
                       and_(same_head, Task.priority == task.priority,

@@ -13,7 +13,7 @@ from typing import Any
 
 import eventlet
 from nameko import config
-from nameko.events import event_handler
+from nameko.events import EventDispatcher, event_handler
 from nameko.extensions import DependencyProvider
 from nameko.rpc import ServiceRpc, rpc
 from nameko.timer import timer
@@ -59,13 +59,23 @@ class ResourceNegotiatorService:
     core: NegotiatorState = NegotiatorCore()
     registry: RegistryRpc = ServiceRpc("registry")
     scheduler: SchedulerRpc = ServiceRpc("scheduler")
+    dispatch = EventDispatcher()
+
+    def _changed(self, *hosts: str) -> None:
+        """Tell the scheduler what a host now has free, so it places work where it fits."""
+        for host in sorted(set(hosts)):
+            view = store_ops.host_view(self.core.store, host)
+            self.dispatch(events.HOST_CHANGED, {"host": host, "totals": view["totals"],
+                                                "free": view["free"]})
 
     @rpc(expected_exceptions=EXPECTED_EXCEPTIONS)
     def report_host(self, host: str, cores: float, memory_mb: int,
                     gpus: list[dict[str, Any]] | None = None,
                     custom: dict[str, float] | None = None) -> dict[str, Any]:
         totals = store_ops.host_totals_from_wire(host, cores, memory_mb, gpus, custom)
-        return store_ops.report_host(self.core.store, totals)
+        reply = store_ops.report_host(self.core.store, totals)
+        self._changed(host)
+        return reply
 
     @rpc(expected_exceptions=EXPECTED_EXCEPTIONS)
     def reserve(self, reservation_id: str, host: str, worker_id: str, task_id: int, attempt: int,
@@ -74,16 +84,25 @@ class ResourceNegotiatorService:
         wanted = store_ops.resources_from_wire(minimum, "minimum")
         better = None if preferred is None else store_ops.resources_from_wire(preferred,
                                                                               "preferred")
-        return store_ops.reserve(self.core.store, str(reservation_id), host, str(worker_id),
-                                 int(task_id), int(attempt), wanted, better)
+        reservation = store_ops.reserve(self.core.store, str(reservation_id), host,
+                                        str(worker_id), int(task_id), int(attempt), wanted,
+                                        better)
+        if reservation is not None:
+            self._changed(host)
+        return reservation
 
     @rpc(expected_exceptions=EXPECTED_EXCEPTIONS)
     def release(self, reservation_id: str) -> dict[str, Any] | None:
-        return store_ops.release(self.core.store, str(reservation_id))
+        released = store_ops.release(self.core.store, str(reservation_id))
+        if released is not None:
+            self._changed(released["host"])
+        return released
 
     @rpc(expected_exceptions=EXPECTED_EXCEPTIONS)
     def release_for_worker(self, worker_id: str) -> list[dict[str, Any]]:
-        return store_ops.release_for_worker(self.core.store, str(worker_id))
+        released = store_ops.release_for_worker(self.core.store, str(worker_id))
+        self._changed(*(reservation["host"] for reservation in released))
+        return released
 
     @rpc(expected_exceptions=EXPECTED_EXCEPTIONS)
     def free(self, host: str) -> dict[str, Any]:
@@ -98,6 +117,7 @@ class ResourceNegotiatorService:
     def _released(self, released: list[dict[str, Any]], why: str) -> None:
         for reservation in released:
             log.info("released %s on %s: %s", reservation["id"], reservation["host"], why)
+        self._changed(*(reservation["host"] for reservation in released))
 
     @event_handler("registry", events.WORKER_LOST)
     def handle_worker_lost(self, payload: dict[str, Any]) -> None:

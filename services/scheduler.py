@@ -22,16 +22,21 @@ from nameko.timer import timer
 
 from services import _scheduler_store as store_ops
 from services._band_publisher import BandPublisher
-from services._dispatch import IdleWorker, Release
+from services._dispatch import Amounts, IdleWorker, Release
 from shared import events
 from shared.bands import band_for_priority, queue_name
 from shared.config import Settings, settings_from_mapping
-from shared.contracts import RegistryRpc
+from shared.contracts import NegotiatorRpc, RegistryRpc
 from shared.db import Store, create_db_engine
 from shared.errors import EXPECTED_EXCEPTIONS, CorralError, InvalidSpec
 from shared.spec import validate_job_spec
 
 log = logging.getLogger(__name__)
+
+
+def _amounts(wire: dict[str, Any]) -> Amounts:
+    return (float(wire.get("cores") or 0), int(wire.get("memory_mb") or 0),
+            int(wire.get("gpus") or 0))
 
 
 class Dispatcher:
@@ -51,6 +56,11 @@ class Dispatcher:
         # as many tasks. Kept in memory; after a restart every user starts even.
         self.last_served: dict[str, float] = {}
         self._served_clock = 0.0
+        # host -> {"totals": amounts, "free": amounts}, from the negotiator's host_changed events.
+        self.hosts: dict[str, dict[str, Amounts]] = {}
+
+    def set_host(self, host: str, totals: dict[str, Any], free: dict[str, Any]) -> None:
+        self.hosts[host] = {"totals": _amounts(totals), "free": _amounts(free)}
 
     def set_worker(self, worker_id: str, pool: str, bands: list[str], host: str = "") -> None:
         self.workers[worker_id] = IdleWorker(worker_id, pool, frozenset(bands), host)
@@ -75,7 +85,9 @@ class Dispatcher:
                 self._wanted = False
                 plan = store_ops.plan_next_releases(self.store, list(self.workers.values()),
                                                     self.bands_high_first,
-                                                    last_served=self.last_served)
+                                                    last_served=self.last_served,
+                                                    host_free={host: view["free"] for host, view
+                                                               in self.hosts.items()})
                 if not plan:
                     continue
                 for release in plan:
@@ -150,6 +162,7 @@ class SchedulerService:
     core: Dispatcher = SchedulerCore()
     dispatch = EventDispatcher()
     registry: RegistryRpc = ServiceRpc("registry")
+    negotiator: NegotiatorRpc = ServiceRpc("resource_negotiator")
 
     def _emit(self, emitted: list[tuple[str, dict[str, Any]]]) -> None:
         for event_type, payload in emitted:
@@ -259,7 +272,8 @@ class SchedulerService:
 
     @rpc(expected_exceptions=EXPECTED_EXCEPTIONS)
     def why_task(self, task_id: int) -> dict[str, Any]:
-        return store_ops.why_task(self.core.store, int(task_id), self.core.workers.values())
+        return store_ops.why_task(self.core.store, int(task_id), self.core.workers.values(),
+                                  self.core.hosts)
 
     # --- the worker's side of a task ------------------------------------------------------------
 
@@ -308,6 +322,23 @@ class SchedulerService:
                              payload.get("host", ""))
         self.core.request_release()
 
+    def _refresh_hosts(self) -> None:
+        """Re-read every host's totals and free amounts (events keep them current between)."""
+        try:
+            with eventlet.Timeout(self.core.settings.rpc_timeout_seconds):
+                hosts = self.negotiator.list_hosts()
+        except (Exception, eventlet.Timeout) as exc:
+            # No negotiator on this farm (or not yet): tasks are placed without host limits.
+            log.debug("no host view from the resource negotiator: %s", exc)
+            return
+        for host in hosts:
+            self.core.set_host(host["host"], host["totals"], host["free"])
+
+    @event_handler("resource_negotiator", events.HOST_CHANGED)
+    def handle_host_changed(self, payload: dict[str, Any]) -> None:
+        self.core.set_host(payload["host"], payload["totals"], payload["free"])
+        self.core.request_release()
+
     @event_handler("registry", events.WORKER_LEFT)
     def handle_worker_left(self, payload: dict[str, Any]) -> None:
         self.core.drop_worker(payload["worker_id"])
@@ -340,6 +371,7 @@ class SchedulerService:
             # Registry down: keep what we know; its events will catch us up.
             log.warning("could not refresh workers from the registry: %s", exc)
             return
+        self._refresh_hosts()
         live = {w["worker_id"] for w in workers}
         for worker in workers:
             self.core.set_worker(worker["worker_id"], worker["pool"], worker["bands"],

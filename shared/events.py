@@ -13,3 +13,5 @@ WORKER_JOINED: Final = "worker_joined"
 WORKER_LEFT: Final = "worker_left"
 WORKER_LOST: Final = "worker_lost"
 TASK_CANCELLED: Final = "task_cancelled"
+
+HOST_CHANGED: Final = "host_changed"

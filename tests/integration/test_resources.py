@@ -2,6 +2,10 @@
 
 from pathlib import Path
 
+from services import _negotiator_store as negotiator
+from services._negotiator_store import NegotiatorTable
+from shared.db import Store, create_db_engine
+from shared.resources import Resources
 from tests.farm import Farm
 
 ALLOCATE = ("import os, time; block = bytearray(150 * 1024 * 1024); "
@@ -62,8 +66,7 @@ def test_lifeblood_example_workers_share_one_host_without_overspending(farm: Far
     farm.wait_for(lambda: free(farm) == (32, 65536), 20, "the whole host free again")
 
 
-def test_task_is_handed_back_uncharged_when_its_host_has_no_room(farm: Farm,
-                                                                 tmp_path: Path) -> None:
+def test_tasks_that_do_not_fit_together_never_run_at_once(farm: Farm, tmp_path: Path) -> None:
     start_with_negotiator(farm)
     for name in ("worker1", "worker2"):
         farm.start_worker("--cores", "4", "--memory", "8G", name=name)
@@ -75,10 +78,32 @@ def test_task_is_handed_back_uncharged_when_its_host_has_no_room(farm: Farm,
     assert done["counts"] == {"done": 2}
     start_a, end_a, start_b, end_b = sorted(float(t) for t in ledger.read_text().split())
     assert end_a <= start_b  # never both at once: 3 + 3 cores do not fit in 4
-    attempts = [a for t in done["tasks"] for a in farm.rpc.scheduler.get_task(t["id"])["attempts"]]
-    assert any(a["state"] == "handed_back" and a["reason"].startswith("no room on ")
-               for a in attempts)
     assert all(farm.rpc.scheduler.get_task(t["id"])["failures"] == 0 for t in done["tasks"])
+
+
+def test_worker_hands_a_task_back_uncharged_when_the_negotiator_refuses(farm: Farm) -> None:
+    start_with_negotiator(farm)
+    farm.start_worker("--cores", "4", "--memory", "8G", name="worker1")
+    farm.wait_for(lambda: free(farm) == (4, 8192), 20, "the host to report")
+    # Book the host behind the scheduler's back (no event), so its view of the host is stale
+    # and only the negotiator's own check stands between the task and an overbooked host.
+    store = Store(create_db_engine(f"sqlite:///{farm.directory / 'data' / 'negotiator.db'}"),
+                  NegotiatorTable.metadata)
+    (host,) = farm.rpc.resource_negotiator.list_hosts()
+    assert negotiator.reserve(store, "by hand", host["host"], "someone", 0, 0,
+                              Resources(cores=4, memory_mb=1024)) is not None
+    job = farm.submit([{"command": ["true"]}], resources={"cores": 2, "memory": "1G"})
+    task_id = farm.rpc.scheduler.get_job(job["id"])["tasks"][0]["id"]
+    task = farm.wait_for(lambda: (lambda t: t if t["attempts"] else None)(
+        farm.rpc.scheduler.get_task(task_id)), 20, "the worker to try the task")
+    first = task["attempts"][0]
+    assert first["state"] == "handed_back"
+    assert first["reason"].startswith(f"no room on {host['host']} for 2 cores")
+    assert task["failures"] == 0
+    negotiator.release(store, "by hand")
+    store.dispose()
+    farm.rpc.resource_negotiator.report_host(host["host"], 4, 8192)  # tell everyone it is free
+    assert farm.wait_for_job(job["id"], timeout=30)["state"] == "done"
 
 
 def test_two_one_gpu_tasks_on_one_host_are_pinned_to_different_gpus(farm: Farm) -> None:
@@ -100,3 +125,17 @@ def test_killed_worker_reservation_is_freed(farm: Farm, tmp_path: Path) -> None:
     farm.wait_for(lambda: free(farm)[0] == 2, 20, "the reservation to be made")
     farm.kill("doomed")
     farm.wait_for(lambda: free(farm)[0] == 8, 30, "the lost worker's reservation to be freed")
+
+
+def test_task_too_big_for_every_host_waits_visibly_and_blocks_nothing(farm: Farm) -> None:
+    start_with_negotiator(farm)
+    farm.start_worker("--cores", "8", "--memory", "16G", name="worker1")
+    farm.wait_for(lambda: free(farm) == (8, 16384), 20, "the host to report")
+    huge = farm.submit([{"command": ["true"]}], resources={"cores": 2, "memory": "128G"})
+    small = farm.submit([{"command": ["true"]}], resources={"cores": 1, "memory": "1G"})
+    assert farm.wait_for_job(small["id"])["state"] == "done"
+    huge_task = farm.rpc.scheduler.get_job(huge["id"])["tasks"][0]["id"]
+    why = farm.wait_for(lambda: (lambda w: w if w["code"] == "no_host_fits" else None)(
+        farm.rpc.scheduler.why_task(huge_task)), 10, "the scheduler to say why")
+    assert why["reason"] == "no host with >= 2 cores / 128 GB serves pool cpu"
+    assert farm.rpc.scheduler.get_task(huge_task)["attempts"] == []  # never sent anywhere

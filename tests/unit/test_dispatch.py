@@ -97,3 +97,24 @@ def test_task_never_goes_to_a_host_excluded_from_its_job() -> None:
     assert {(r.task_id, r.worker_id) for r in plan} == {(1, "good"), (2, "bad")}
     assert plan_release([bad], {("cpu", "normal"): queue[:1]}, {}, HIGH_FIRST,
                         excluded_hosts={7: frozenset({"render07"})}) == []
+
+
+def test_task_goes_only_where_its_host_has_room_and_big_tasks_block_nothing() -> None:
+    small_host = IdleWorker("small", "cpu", frozenset({"normal"}), host="laptop")
+    big_host = IdleWorker("big", "cpu", frozenset({"normal"}), host="render01")
+    huge = Candidate(1, 1, "u", 50, False, needs=(64.0, 131072, 0))
+    medium = Candidate(2, 1, "u", 50, False, needs=(16.0, 32768, 0))
+    tiny = Candidate(3, 1, "u", 50, False, needs=(1.0, 512, 0))
+    plan = plan_release([small_host, big_host], {("cpu", "normal"): [huge, medium, tiny]}, {},
+                        HIGH_FIRST, host_free={"laptop": (4.0, 8192, 0),
+                                               "render01": (32.0, 65536, 0)})
+    assert {(r.task_id, r.worker_id) for r in plan} == {(2, "big"), (3, "small")}
+
+
+def test_two_workers_on_one_host_share_its_room_within_a_pass() -> None:
+    workers = [IdleWorker(f"w{i}", "cpu", frozenset({"normal"}), host="render01")
+               for i in range(3)]
+    queue = [Candidate(i, 1, "u", 50, False, needs=(20.0, 1024, 0)) for i in range(1, 4)]
+    plan = plan_release(workers, {("cpu", "normal"): queue}, {}, HIGH_FIRST,
+                        host_free={"render01": (32.0, 65536, 0)})
+    assert [r.task_id for r in plan] == [1]

@@ -118,3 +118,15 @@ def test_eta_comes_from_finished_tasks(scheduler_store: Store) -> None:
     ops.finish_task(scheduler_store, first, token, 0, process_started_at=100.0,
                     process_ended_at=110.0)
     assert ops.get_job(scheduler_store, job["id"])["eta_seconds"] == 20.0
+
+
+def test_why_says_when_no_host_could_ever_fit_the_task(scheduler_store: Store) -> None:
+    job = submit(scheduler_store, tasks=1, resources={"cores": 2, "memory": "128G"})
+    worker = IdleWorker("w1", "cpu", frozenset({"low", "normal", "high"}), host="render01")
+    hosts = {"render01": {"totals": (32.0, 65536, 0), "free": (32.0, 65536, 0)}}
+    why = ops.why_task(scheduler_store, job["tasks"][0]["id"], [worker], hosts)
+    assert (why["code"], why["reason"]) == ("no_host_fits",
+                                            "no host with >= 2 cores / 128 GB serves pool cpu")
+    hosts = {"render01": {"totals": (32.0, 262144, 0), "free": (32.0, 1024, 0)}}
+    why = ops.why_task(scheduler_store, job["tasks"][0]["id"], [worker], hosts)
+    assert why["code"] == "no_room"
