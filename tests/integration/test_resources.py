@@ -1,5 +1,7 @@
 """Resources a task asks for, on real workers: its memory is watched and its request grows."""
 
+import itertools
+import time
 from pathlib import Path
 
 from services import _negotiator_store as negotiator
@@ -42,6 +44,22 @@ def free(farm: Farm) -> tuple[float, int]:
     return host["free"]["cores"], host["free"]["memory_mb"]
 
 
+def recorded(ledger: Path, seconds: float) -> list[str]:
+    """A task that notes its own start and end in the ledger."""
+    return ["sh", "-c", f'echo "$CORRAL_TASK_ID start $(date +%s.%N)" >> {ledger}; '
+                        f'sleep {seconds}; echo "$CORRAL_TASK_ID end $(date +%s.%N)" >> {ledger}']
+
+
+def assert_never_at_once(ledger: Path) -> None:
+    spans: dict[str, list[float]] = {}
+    for line in ledger.read_text().splitlines():
+        task, _, moment = line.split()
+        spans.setdefault(task, []).append(float(moment))
+    ordered = sorted((start, end) for start, end in spans.values())
+    for (_, end), (start, _) in itertools.pairwise(ordered):
+        assert end <= start, f"two tasks ran at once: {ordered}"
+
+
 def wait_until(path: Path) -> list[str]:
     return ["sh", "-c", f"while [ ! -e {path} ]; do sleep 0.05; done"]
 
@@ -71,13 +89,11 @@ def test_tasks_that_do_not_fit_together_never_run_at_once(farm: Farm, tmp_path: 
     for name in ("worker1", "worker2"):
         farm.start_worker("--cores", "4", "--memory", "8G", name=name)
     ledger = tmp_path / "ledger"
-    record = f'date +%s.%N >> {ledger}; sleep 1.5; date +%s.%N >> {ledger}'
-    job = farm.submit([{"command": ["sh", "-c", record]}] * 2,
+    job = farm.submit([{"command": recorded(ledger, 1.5)}] * 2,
                       resources={"cores": 3, "memory": "1G"})
     done = farm.wait_for_job(job["id"], timeout=60)
     assert done["counts"] == {"done": 2}
-    start_a, end_a, start_b, end_b = sorted(float(t) for t in ledger.read_text().split())
-    assert end_a <= start_b  # never both at once: 3 + 3 cores do not fit in 4
+    assert_never_at_once(ledger)  # 3 + 3 cores do not fit in 4
     assert all(farm.rpc.scheduler.get_task(t["id"])["failures"] == 0 for t in done["tasks"])
 
 
@@ -139,3 +155,22 @@ def test_task_too_big_for_every_host_waits_visibly_and_blocks_nothing(farm: Farm
         farm.rpc.scheduler.why_task(huge_task)), 10, "the scheduler to say why")
     assert why["reason"] == "no host with >= 2 cores / 128 GB serves pool cpu"
     assert farm.rpc.scheduler.get_task(huge_task)["attempts"] == []  # never sent anywhere
+
+
+def test_negotiator_killed_and_restarted_mid_run_never_overbooks(farm: Farm,
+                                                                 tmp_path: Path) -> None:
+    start_with_negotiator(farm)
+    for name in ("worker1", "worker2"):
+        farm.start_worker("--cores", "4", "--memory", "8G", name=name)
+    farm.wait_for(lambda: free(farm) == (4, 8192), 20, "the host to report")
+    ledger = tmp_path / "ledger"
+    job = farm.submit([{"command": recorded(ledger, 0.7)}] * 4,
+                      resources={"cores": 3, "memory": "1G"})
+    farm.wait_for(lambda: ledger.exists(), 20, "the first task to start")
+    farm.kill("resource_negotiator")
+    time.sleep(2)
+    farm.start_service("resource_negotiator")
+    done = farm.wait_for_job(job["id"], timeout=90)
+    assert done["counts"] == {"done": 4}
+    assert_never_at_once(ledger)
+    farm.wait_for(lambda: free(farm) == (4, 8192), 20, "every reservation to be released")
