@@ -32,6 +32,9 @@ from kombu import Connection, Exchange, Queue
 from tests.farm import AMQP_HOST, Farm, create_vhost, delete_vhost
 
 
+RESERVED = {"cores": 1, "memory": "64M"}
+
+
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
@@ -78,11 +81,13 @@ class JobWatcher:
         self.connection.release()
 
 
-def sequential(farm: Farm, watcher: JobWatcher, count: int) -> dict[str, Any]:
+def sequential(farm: Farm, watcher: JobWatcher, count: int,
+               resources: dict[str, Any] | None = None) -> dict[str, Any]:
     accepted_to_start, call, sent_to_start = [], [], []
+    extra = {"resources": resources} if resources else {}
     for _ in range(count):
         sent = time.time()
-        job = farm.rpc.scheduler.submit_job({"tasks": [{"command": ["true"]}]})
+        job = farm.rpc.scheduler.submit_job({"tasks": [{"command": ["true"]}], **extra})
         accepted = time.time()
         done = watcher.wait(farm, job["id"], 30)
         task = farm.rpc.scheduler.get_task(done["tasks"][0]["id"])
@@ -119,6 +124,9 @@ def main() -> int:
     parser.add_argument("--sequential", type=int, default=200)
     parser.add_argument("--burst", type=int, default=2000)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--resources", action="store_true",
+                        help="Also measure submit-to-start with a resource negotiator and tasks "
+                             "that reserve 1 core / 64 MB, against the same without.")
     args = parser.parse_args()
     vhost = create_vhost()
     with tempfile.TemporaryDirectory(prefix="corral-bench-") as directory:
@@ -127,13 +135,25 @@ def main() -> int:
         farm.env.update({"CORRAL_LEASE_SECONDS": "20", "CORRAL_HEARTBEAT_SECONDS": "3",
                          "CORRAL_WORKER_LOST_AFTER": "10", "CORRAL_REDISPATCH_SECONDS": "30"})
         try:
-            farm.start(workers=args.workers)
+            farm.start(workers=0 if args.resources else args.workers)
+            if args.resources:
+                farm.start_service("resource_negotiator")
+                for number in range(args.workers):
+                    farm.start_worker("--cores", "64", "--memory", "64G",
+                                      name=f"worker-{number + 1}")
             time.sleep(3)  # let the scheduler learn every worker
             watcher = JobWatcher(farm.amqp_uri)
             sequential(farm, watcher, 10)  # warm-up: first connections, SQLite pages
             report = {"machine_cores": os.cpu_count(), "workers": args.workers,
-                      "sequential": sequential(farm, watcher, args.sequential),
-                      "burst": burst(farm, watcher, args.burst)}
+                      "sequential": sequential(farm, watcher, args.sequential)}
+            if args.resources:
+                sequential(farm, watcher, 10, RESERVED)  # warm-up of the reservation path
+                with_resources = sequential(farm, watcher, args.sequential, RESERVED)
+                report["sequential_with_resources"] = with_resources
+                report["reservation_adds_p50_ms"] = round(
+                    with_resources["accepted_to_started"]["p50_ms"]
+                    - report["sequential"]["accepted_to_started"]["p50_ms"], 2)
+            report["burst"] = burst(farm, watcher, args.burst)
             watcher.close()
         finally:
             farm.stop()
