@@ -31,7 +31,6 @@ from kombu import Connection, Exchange, Queue
 
 from tests.farm import AMQP_HOST, Farm, create_vhost, delete_vhost
 
-
 RESERVED = {"cores": 1, "memory": "64M"}
 
 

@@ -544,6 +544,7 @@ def touch_dispatched(store: Store, releases: Sequence[Release]) -> None:
 def _run_payload(task: Task, lease_seconds: float) -> dict[str, Any]:
     return {
         "status": "claimed", "task_id": task.id, "job_id": task.job_id, "attempt": task.attempt,
+        "band": task.band,
         "lease_token": task.lease_token, "lease_seconds": lease_seconds, "name": task.name,
         "command": json.loads(task.command), "shell": task.shell, "env": json.loads(task.env),
         "cwd": task.cwd, "timeout": task.timeout, "stall_timeout": task.stall_timeout,

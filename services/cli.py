@@ -117,7 +117,8 @@ def worker(config: Path | None = ConfigOption,
            bands: str = typer.Option("", help="Comma-separated bands to serve (default: all)."),
            on_stop: str = typer.Option("finish", help="On SIGTERM: 'finish' the running task, "
                                                        "or 'hand-back' to kill and requeue it."),
-           nice: int | None = typer.Option(None, help="Process priority (nice) for payloads."),
+           nice: str | None = typer.Option(
+               None, help="Nice level of payloads: one number, or per band as low=10,normal=5."),
            memory_headroom: float = typer.Option(
                1.0, min=1.0, help="Kill a payload above its memory request times this."),
            cores: float | None = typer.Option(None, help="This host's cores (default: detected)."),
@@ -135,10 +136,32 @@ def worker(config: Path | None = ConfigOption,
     except ValueError:
         _fail(ValueError(f"--on-stop must be 'finish' or 'hand-back', not {on_stop!r}"))
     try:
+        niceness = _parse_nice(nice, band_list)
         totals = detect_host_totals(socket.gethostname(), cores, memory, gpus)
-        run_worker(settings, pool, band_list, mode, nice, memory_headroom, totals)
+        run_worker(settings, pool, band_list, mode, niceness, memory_headroom, totals)
     except (ValueError, CorralError) as exc:
         _fail(exc)
+
+
+def _parse_nice(text: str | None, bands: list[str]) -> int | dict[str, int] | None:
+    """`10` for every band, or `low=10,normal=5` per band; anything else is an error naming it."""
+    if text is None:
+        return None
+    if "=" not in text:
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError(f"--nice: {text!r} is not a number or band=number list") from None
+    levels = {}
+    for item in text.split(","):
+        band, _, level = item.partition("=")
+        if band not in bands:
+            raise ValueError(f"--nice: {band!r} is not one of this worker's bands {bands}")
+        try:
+            levels[band] = int(level)
+        except ValueError:
+            raise ValueError(f"--nice: {item!r} needs a number after '='") from None
+    return levels
 
 
 # --- jobs ---------------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ class Worker:
     """One worker process: at most one payload at a time."""
 
     def __init__(self, settings: Settings, pool: str, bands: list[str],
-                 drain_mode: DrainMode = DrainMode.FINISH, nice: int | None = None,
+                 drain_mode: DrainMode = DrainMode.FINISH, nice: int | dict[str, int] | None = None,
                  worker_id: str | None = None, memory_headroom: float = 1.0,
                  host_totals: HostTotals | None = None) -> None:
         known = {b.name for b in settings.bands}
@@ -51,7 +51,9 @@ class Worker:
         self.pool = pool
         self.bands = bands
         self.drain_mode = drain_mode
-        self.nice = nice
+        # pyLoadBalancer's processP: one nice level for every payload, or one per band.
+        self.nice_by_band = (dict(nice) if isinstance(nice, dict)
+                             else {band: nice for band in bands} if nice is not None else {})
         self.memory_headroom = memory_headroom
         self.host_totals = host_totals or detect_host_totals(socket.gethostname())
         self.negotiated = True  # until the farm turns out to run no resource negotiator
@@ -273,6 +275,7 @@ class Worker:
                       command=claim["command"], shell=claim["shell"], env=claim["env"],
                       cwd=claim["cwd"], timeout=claim["timeout"],
                       stall_timeout=claim.get("stall_timeout"),
+                      nice=self.nice_by_band.get(claim.get("band", "")),
                       memory_limit_mb=(claim.get("resources") or {}).get("memory_mb") or None,
                       memory_headroom=self.memory_headroom,
                       cores=(claim.get("resources") or {}).get("cores") or None,
@@ -422,10 +425,8 @@ async def _settle(awaitable: Any) -> None:
 
 
 def run_worker(settings: Settings, pool: str, bands: list[str],
-               drain_mode: DrainMode = DrainMode.FINISH, nice: int | None = None,
+               drain_mode: DrainMode = DrainMode.FINISH, nice: int | dict[str, int] | None = None,
                memory_headroom: float = 1.0, host_totals: HostTotals | None = None) -> None:
-    if nice is not None:
-        os.nice(nice)
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     worker = Worker(settings, pool, bands, drain_mode, nice, memory_headroom=memory_headroom,

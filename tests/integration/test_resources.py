@@ -174,3 +174,15 @@ def test_negotiator_killed_and_restarted_mid_run_never_overbooks(farm: Farm,
     assert done["counts"] == {"done": 4}
     assert_never_at_once(ledger)
     farm.wait_for(lambda: free(farm) == (4, 8192), 20, "every reservation to be released")
+
+
+def test_payloads_run_at_the_nice_level_of_their_band(farm: Farm) -> None:
+    farm.start(workers=0)
+    farm.start_worker("--nice", "low=15,normal=5", name="worker1")
+    report = ["sh", "-c", "cut -d' ' -f19 /proc/$$/stat"]
+    low = farm.submit([{"command": report}], priority=5)
+    normal = farm.submit([{"command": report}], priority=50)
+    high = farm.submit([{"command": report}], priority=500)
+    levels = [Path(farm.rpc.scheduler.get_task(farm.wait_for_job(job["id"])["tasks"][0]["id"])
+                   ["log_path"]).read_text().strip() for job in (low, normal, high)]
+    assert levels == ["15", "5", "0"]
