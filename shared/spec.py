@@ -51,13 +51,12 @@ class ResourceSpec(BaseModel):
     custom: dict[StrictStr, StrictInt | StrictFloat] = Field(default_factory=dict)
 
 
-class TaskSpec(BaseModel):
-    """One process to run: an argv list, never a shell string unless `shell` says so."""
+class _Runnable(BaseModel):
+    """What tasks and layers share: the command and how to run it; unset fields take the job's."""
 
     model_config = ConfigDict(extra="forbid")
 
     command: list[StrictStr] = Field(min_length=1, max_length=4096)
-    name: StrictStr | None = Field(default=None, max_length=200)
     pool: StrictStr | None = Field(default=None, min_length=1, max_length=64,
                                    pattern=NAME_PATTERN)
     shell: StrictBool = False
@@ -68,13 +67,21 @@ class TaskSpec(BaseModel):
     resources: ResourceSpec | None = None
     preferred: ResourceSpec | None = None
     retry: RetryPolicy | None = None
-    depends_on: list[StrictInt] = Field(default_factory=list)
-    """Positions (0-based) of tasks in this job's list that must be done first."""
 
     @field_validator("command")
     @classmethod
     def _program_named(cls, command: list[str]) -> list[str]:
-        return _check_program(command)
+        if not command[0].strip():
+            raise ValueError("the first item (the program) is empty")
+        return command
+
+
+class TaskSpec(_Runnable):
+    """One process to run: an argv list, never a shell string unless `shell` says so."""
+
+    name: StrictStr | None = Field(default=None, max_length=200)
+    depends_on: list[StrictInt] = Field(default_factory=list)
+    """Positions (0-based) of tasks in this job's list that must be done first."""
 
 
 class LayerDependency(BaseModel):
@@ -87,37 +94,13 @@ class LayerDependency(BaseModel):
     per_frame: StrictBool = False
 
 
-class LayerSpec(BaseModel):
+class LayerSpec(_Runnable):
     """A command template run once per chunk of a frame range (or once, with no frames)."""
 
-    model_config = ConfigDict(extra="forbid")
-
     name: StrictStr = Field(min_length=1, max_length=100, pattern=NAME_PATTERN)
-    command: list[StrictStr] = Field(min_length=1, max_length=4096)
-    pool: StrictStr | None = Field(default=None, min_length=1, max_length=64,
-                                   pattern=NAME_PATTERN)
     frames: StrictStr | None = None
     chunk: StrictInt = Field(default=1, ge=1)
-    shell: StrictBool = False
-    env: dict[StrictStr, StrictStr] = Field(default_factory=dict)
-    cwd: StrictStr | None = None
-    timeout: StrictInt | StrictFloat | None = Field(default=None, gt=0)
-    stall_timeout: StrictInt | StrictFloat | None = Field(default=None, gt=0)
-    resources: ResourceSpec | None = None
-    preferred: ResourceSpec | None = None
-    retry: RetryPolicy | None = None
     depends_on: list[StrictStr | LayerDependency] = Field(default_factory=list)
-
-    @field_validator("command")
-    @classmethod
-    def _program_named(cls, command: list[str]) -> list[str]:
-        return _check_program(command)
-
-
-def _check_program(command: list[str]) -> list[str]:
-    if not command[0].strip():
-        raise ValueError("the first item (the program) is empty")
-    return command
 
 
 class JobSpec(BaseModel):
@@ -239,7 +222,7 @@ def validate_job_spec(raw: Any, bands: Iterable[Band], *, max_env_bytes: int,
                    max_host_failures=spec.max_host_failures)
 
 
-def _defaults(spec: JobSpec, item: TaskSpec | LayerSpec, path: str,
+def _defaults(spec: JobSpec, item: _Runnable, path: str,
               max_env_bytes: int) -> dict[str, Any]:
     """The fields every task takes from its own spec or, failing that, from the job."""
     env = {**spec.env, **item.env}
