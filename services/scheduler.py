@@ -14,9 +14,11 @@ import time
 from typing import Any
 
 import eventlet
+from kombu import Queue
 from nameko import config
 from nameko.events import EventDispatcher, event_handler
 from nameko.extensions import DependencyProvider
+from nameko.messaging import consume
 from nameko.rpc import ServiceRpc, rpc
 from nameko.timer import timer
 
@@ -24,11 +26,11 @@ from services import _scheduler_store as store_ops
 from services._band_publisher import BandPublisher
 from services._dispatch import Amounts, IdleWorker, Release
 from shared import events
-from shared.bands import band_for_priority, queue_name
+from shared.bands import REPORTS_QUEUE, band_for_priority, queue_name
 from shared.config import Settings, settings_from_mapping
 from shared.contracts import NegotiatorRpc, RegistryRpc
 from shared.db import Store, create_db_engine
-from shared.errors import EXPECTED_EXCEPTIONS, CorralError, InvalidSpec
+from shared.errors import EXPECTED_EXCEPTIONS, CorralError, InvalidSpec, NotFound, StaleLease
 from shared.spec import validate_job_spec
 
 log = logging.getLogger(__name__)
@@ -305,6 +307,27 @@ class SchedulerService:
         self.core.request_release()
         self._emit(outcome.events)
         return outcome.reply
+
+    @consume(Queue(REPORTS_QUEUE, durable=True), requeue_on_error=True)
+    def handle_finish_report(self, report: dict[str, Any]) -> None:
+        """A worker's finish report, published rather than called: off the RPC path, and kept
+        in its durable queue while the scheduler is down. A report that can never apply is
+        dropped; anything else that fails (the database, say) puts it back to be tried again."""
+        try:
+            outcome = store_ops.finish_task(
+                self.core.store, int(report["task_id"]), str(report["lease_token"]),
+                report.get("exit_code"), report.get("result"), report.get("reason"),
+                report.get("log_tail"), report.get("log_path"),
+                report.get("process_started_at"), report.get("process_ended_at"),
+                report.get("peak_memory_mb"))
+        except (StaleLease, NotFound) as exc:
+            log.warning("finish report refused: %s", exc)
+            return
+        except (KeyError, TypeError, ValueError) as exc:
+            log.error("dropping a malformed finish report %r: %s", report, exc)
+            return
+        self.core.request_release()
+        self._emit(outcome.events)
 
     @rpc(expected_exceptions=EXPECTED_EXCEPTIONS)
     def hand_back_task(self, task_id: int, lease_token: str, reason: str,

@@ -61,6 +61,10 @@ def band_rank(bands: Iterable[Band], name: str) -> int:
     raise KeyError(name)
 
 
+REPORTS_QUEUE = "corral.reports"
+"""Durable queue of workers' finish reports: published with confirms, applied by the scheduler."""
+
+
 def queue_name(pool: str, band: str) -> str:
     """The durable RabbitMQ queue for one pool and band, e.g. corral.cpu.normal."""
     return f"corral.{pool}.{band}"

@@ -23,7 +23,7 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMe
 from services.worker.process import TaskRun
 from services.worker.rpc import AsyncRpcClient, RpcUnavailable, ServiceUnknown
 from shared import events
-from shared.bands import queue_name
+from shared.bands import REPORTS_QUEUE, queue_name
 from shared.config import Settings
 from shared.errors import StaleLease
 from shared.resources import HostTotals, detect_host_totals
@@ -64,6 +64,7 @@ class Worker:
         self._inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
         self._connection: AbstractConnection | None = None
         self._channel: AbstractChannel | None = None
+        self._reports: AbstractChannel | None = None
         self._queues: list[AbstractQueue] = []
         self._consumer_tags: list[tuple[AbstractQueue, str]] = []
         self._rpc: AsyncRpcClient | None = None
@@ -141,6 +142,8 @@ class Worker:
         self._connection = connection
         self._rpc = AsyncRpcClient(connection)
         await self._rpc.start()
+        self._reports = await connection.channel(publisher_confirms=True)
+        await self._reports.declare_queue(REPORTS_QUEUE, durable=True)
         self._channel = await connection.channel(publisher_confirms=False)
         await self._channel.set_qos(prefetch_count=1, global_=True)
         self._queues = [await self._channel.declare_queue(queue_name(self.pool, band),
@@ -322,14 +325,35 @@ class Worker:
         elif run._kill_reason in ("cancelled", "lease lost"):
             pass  # the scheduler already knows; a report would be refused
         else:
-            await self._report("finish_task", task_id=run.task_id,
-                               lease_token=claim["lease_token"], exit_code=run.exit_code,
-                               result=run.result, reason=run.reason,
-                               log_tail=None if run.exit_code == 0 and not run.reason
-                               else run.log_tail,
-                               log_path=str(run.log_path), process_started_at=run.started_at,
-                               process_ended_at=run.ended_at,
-                               peak_memory_mb=run.peak_memory_mb or None)
+            await self._publish_finish({
+                "task_id": run.task_id, "lease_token": claim["lease_token"],
+                "exit_code": run.exit_code, "result": run.result, "reason": run.reason,
+                "log_tail": None if run.exit_code == 0 and not run.reason else run.log_tail,
+                "log_path": str(run.log_path), "process_started_at": run.started_at,
+                "process_ended_at": run.ended_at, "peak_memory_mb": run.peak_memory_mb or None})
+
+    async def _publish_finish(self, report: dict[str, Any]) -> None:
+        """Hand the finish report to the broker (confirmed, persistent); no reply is awaited.
+
+        Applying a report twice is harmless, so after a lost connection it is simply sent again.
+        """
+        body = json.dumps(report).encode()
+        delay = 0.1
+        while True:
+            try:
+                await asyncio.wait_for(self._connected.wait(), self.settings.rpc_timeout_seconds)
+                if self._reports is None or self._reports.is_closed:
+                    raise ConnectionError("the reports channel is closed")
+                await self._reports.default_exchange.publish(
+                    aio_pika.Message(body, content_type="application/json",
+                                     delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                    routing_key=REPORTS_QUEUE, timeout=self.settings.rpc_timeout_seconds)
+                return
+            except (TimeoutError, aio_pika.exceptions.AMQPError, ConnectionError) as exc:
+                log.warning("finish report of task %s not sent yet (%s); retrying",
+                            report["task_id"], exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     async def _release(self, reservation_id: str) -> None:
         """Give the host's resources back now; the negotiator also frees them on task events."""
