@@ -1,4 +1,4 @@
-"""The `corral` command: start the farm, run a worker, submit and watch jobs, list workers."""
+"""The `corral` command: start the farm, run a worker or a pool, submit and watch jobs, list workers."""
 
 from __future__ import annotations
 
@@ -31,6 +31,8 @@ err_console = Console(stderr=True)
 ConfigOption = typer.Option(None, "--config", "-c", envvar="CORRAL_CONFIG",
                             help="Config file (default: deploy/config.yaml).")
 JsonOption = typer.Option(False, "--json", help="Print JSON instead of a table.")
+HostOption = typer.Option(None, "--host", envvar="CORRAL_HOST",
+                          help="This host's name for the farm (default: the machine's hostname).")
 FINAL_JOB_STATES = ("done", "failed", "cancelled")
 
 
@@ -94,11 +96,14 @@ def _ago(timestamp: float | None) -> str:
 
 @app.command()
 def up(config: Path | None = ConfigOption,
-       workers: int = typer.Option(2, "--workers", "-w", min=0, help="Workers to start."),
+       workers: int = typer.Option(2, "--workers", "-w", min=0,
+                                   help="Most workers the pool runs at once (0: none)."),
+       min_idle: int = typer.Option(1, "--min-idle", min=1,
+                                    help="Workers the pool keeps waiting for work."),
        pool: str = typer.Option("cpu", help="Pool of the started workers."),
        bands: str = typer.Option("", help="Bands the workers serve (default: all)."),
        ) -> None:
-    """Run every Corral service and N workers on this machine until Ctrl-C."""
+    """Run every Corral service and a worker pool of up to N workers on this machine until Ctrl-C."""
     from services.farm import run_farm
 
     settings = _settings(config)
@@ -108,7 +113,7 @@ def up(config: Path | None = ConfigOption,
         err_console.print(f"[red]{exc}[/red]")
         raise typer.Exit(3) from None
     band_list = [b for b in bands.split(",") if b] or [b.name for b in settings.bands]
-    raise typer.Exit(run_farm(settings, config, workers, pool, band_list, console))
+    raise typer.Exit(run_farm(settings, config, workers, pool, band_list, console, min_idle))
 
 
 @app.command()
@@ -124,6 +129,7 @@ def worker(config: Path | None = ConfigOption,
            cores: float | None = typer.Option(None, help="This host's cores (default: detected)."),
            memory: str | None = typer.Option(None, help="This host's memory, e.g. 64G."),
            gpus: int | None = typer.Option(None, help="This host's GPUs (default: NVML)."),
+           host: str | None = HostOption,
            ) -> None:
     """Run one worker: one payload at a time from the pool's band queues."""
     from services.worker.main import DrainMode, run_worker
@@ -137,8 +143,9 @@ def worker(config: Path | None = ConfigOption,
         _fail(ValueError(f"--on-stop must be 'finish' or 'hand-back', not {on_stop!r}"))
     try:
         niceness = _parse_nice(nice, band_list)
-        totals = detect_host_totals(socket.gethostname(), cores, memory, gpus)
-        run_worker(settings, pool, band_list, mode, niceness, memory_headroom, totals)
+        host_name = host or socket.gethostname()
+        totals = detect_host_totals(host_name, cores, memory, gpus)
+        run_worker(settings, pool, band_list, mode, niceness, memory_headroom, totals, host_name)
     except (ValueError, CorralError) as exc:
         _fail(exc)
 
@@ -162,6 +169,40 @@ def _parse_nice(text: str | None, bands: list[str]) -> int | dict[str, int] | No
         except ValueError:
             raise ValueError(f"--nice: {item!r} needs a number after '='") from None
     return levels
+
+
+@app.command("pool")
+def worker_pool(config: Path | None = ConfigOption,
+                pool: str = typer.Option("cpu", help="Pool whose queues the workers consume."),
+                bands: str = typer.Option("", help="Comma-separated bands to serve (default: all)."),
+                max_workers: int = typer.Option(4, min=1, help="Most workers running at once."),
+                min_idle: int = typer.Option(1, min=1, help="Workers kept waiting for work."),
+                idle_timeout: float = typer.Option(
+                    60, min=0, help="Seconds an idle worker beyond --min-idle lives on."),
+                stop_grace: float = typer.Option(
+                    10, min=0, help="On stop, seconds a busy worker has to finish its task "
+                                    "before handing it back."),
+                cores: float | None = typer.Option(None, help="This host's cores (default: detected)."),
+                memory: str | None = typer.Option(None, help="This host's memory, e.g. 64G."),
+                gpus: int | None = typer.Option(None, help="This host's GPUs (default: NVML)."),
+                host: str | None = HostOption,
+                ) -> None:
+    """Run workers on this host as work needs them: one more whenever the last idle one takes a
+    task (up to --max-workers, while the host has free cores and memory); idle extras stop."""
+    from services.pool import PoolLimits, WorkerTemplate, run_pool
+    from shared.resources import detect_host_totals
+
+    settings = _settings(config)
+    host_name = host or socket.gethostname()
+    try:
+        limits = PoolLimits(max_workers, min_idle, idle_timeout)
+        totals = detect_host_totals(host_name, cores, memory, gpus)
+    except (ValueError, CorralError) as exc:
+        _fail(exc)
+    template = WorkerTemplate(pool=pool, bands=[b for b in bands.split(",") if b], host=host_name,
+                              config=config.resolve() if config else None, cores=cores,
+                              memory=memory, gpus=gpus)
+    raise typer.Exit(run_pool(settings, limits, template, totals, stop_grace))
 
 
 # --- jobs ---------------------------------------------------------------------------------------

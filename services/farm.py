@@ -1,4 +1,4 @@
-"""`corral up`: every service and N workers as child processes of one supervisor, until Ctrl-C."""
+"""`corral up`: every service and a worker pool as child processes of one supervisor, until Ctrl-C."""
 
 from __future__ import annotations
 
@@ -12,9 +12,14 @@ from pathlib import Path
 
 from rich.console import Console
 
+from services.pool import HAND_BACK_SECONDS, STOP_GRACE_SECONDS
 from shared.config import DEFAULT_CONFIG_PATH, Settings
 
 SERVICES = ("services.registry", "services.scheduler", "services.resource_negotiator")
+SERVICE_STOP_SECONDS = 15.0
+# The pool's own stop (finish, then hand back, then kill) must end before it is killed itself,
+# or its workers would outlive it.
+POOL_STOP_SECONDS = STOP_GRACE_SECONDS + HAND_BACK_SECONDS + 5.0
 
 
 @dataclass
@@ -28,15 +33,18 @@ class Child:
 
 
 def farm_children(settings: Settings, config: Path | None, workers: int, pool: str,
-                  bands: list[str]) -> list[Child]:
+                  bands: list[str], min_idle: int = 1) -> list[Child]:
+    """The services, then (unless `workers` is 0) one pool of at most `workers` workers."""
     config_path = str(Path(config or DEFAULT_CONFIG_PATH).resolve())
     children = [Child(module.split(".")[-1],
                       [sys.executable, "-m", "nameko", "run", "--config", config_path, module])
                 for module in SERVICES]
-    for number in range(1, workers + 1):
-        children.append(Child(f"worker-{number}", [
-            sys.executable, "-m", "services.cli", "worker", "--config", config_path,
-            "--pool", pool, "--bands", ",".join(bands)]))
+    if workers:
+        children.append(Child("pool", [
+            sys.executable, "-m", "services.cli", "pool", "--config", config_path,
+            "--pool", pool, "--bands", ",".join(bands), "--max-workers", str(workers),
+            "--min-idle", str(min(min_idle, workers)),
+            "--stop-grace", f"{STOP_GRACE_SECONDS:g}"]))
     return children
 
 
@@ -52,10 +60,10 @@ def farm_environment(settings: Settings) -> dict[str, str]:
 
 
 def run_farm(settings: Settings, config: Path | None, workers: int, pool: str,
-             bands: list[str], console: Console) -> int:
+             bands: list[str], console: Console, min_idle: int = 1) -> int:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     env = farm_environment(settings)
-    children = farm_children(settings, config, workers, pool, bands)
+    children = farm_children(settings, config, workers, pool, bands, min_idle)
     stopping = False
 
     def stop(_signum: int, _frame: object) -> None:
@@ -86,12 +94,13 @@ def run_farm(settings: Settings, config: Path | None, workers: int, pool: str,
                     break
                 start(child)
     console.print("stopping workers, then services...")
-    # Workers first, so their last reports reach services that are still up.
-    for group in (children[len(SERVICES):], children[:len(SERVICES)]):
+    # The pool first, so its workers' last reports reach services that are still up.
+    for group, seconds in ((children[len(SERVICES):], POOL_STOP_SECONDS),
+                           (children[:len(SERVICES)], SERVICE_STOP_SECONDS)):
         for child in group:
             if child.process is not None and child.process.poll() is None:
                 child.process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + seconds
         for child in group:
             if child.process is None:
                 continue

@@ -42,7 +42,7 @@ class Worker:
     def __init__(self, settings: Settings, pool: str, bands: list[str],
                  drain_mode: DrainMode = DrainMode.FINISH, nice: int | dict[str, int] | None = None,
                  worker_id: str | None = None, memory_headroom: float = 1.0,
-                 host_totals: HostTotals | None = None) -> None:
+                 host_totals: HostTotals | None = None, host: str | None = None) -> None:
         known = {b.name for b in settings.bands}
         unknown = [b for b in bands if b not in known]
         if unknown:
@@ -55,9 +55,11 @@ class Worker:
         self.nice_by_band = (dict(nice) if isinstance(nice, dict)
                              else {band: nice for band in bands} if nice is not None else {})
         self.memory_headroom = memory_headroom
-        self.host_totals = host_totals or detect_host_totals(socket.gethostname())
+        # A name of its own lets one machine stand in for several hosts, or a container name
+        # the machine it runs on rather than itself.
+        self.host = host or socket.gethostname()
+        self.host_totals = host_totals or detect_host_totals(self.host)
         self.negotiated = True  # until the farm turns out to run no resource negotiator
-        self.host = socket.gethostname()
         self.worker_id = worker_id or f"{self.host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.current: TaskRun | None = None
         self.tasks_run = 0
@@ -450,9 +452,10 @@ async def _settle(awaitable: Any) -> None:
 
 def run_worker(settings: Settings, pool: str, bands: list[str],
                drain_mode: DrainMode = DrainMode.FINISH, nice: int | dict[str, int] | None = None,
-               memory_headroom: float = 1.0, host_totals: HostTotals | None = None) -> None:
+               memory_headroom: float = 1.0, host_totals: HostTotals | None = None,
+               host: str | None = None) -> None:
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     worker = Worker(settings, pool, bands, drain_mode, nice, memory_headroom=memory_headroom,
-                    host_totals=host_totals)
+                    host_totals=host_totals, host=host)
     asyncio.run(worker.run())

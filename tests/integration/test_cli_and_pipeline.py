@@ -58,8 +58,9 @@ def test_up_without_a_broker_says_how_to_start_one(farm: Farm) -> None:
 
 
 def test_up_runs_the_whole_farm_and_stops_cleanly_on_ctrl_c(farm: Farm) -> None:
+    # corral up runs a pool of at most --workers; --min-idle 2 has it start both at once.
     up = subprocess.Popen([sys.executable, "-m", "services.cli", "up", "--workers", "2",
-                           "--config", str(CONFIG)], env=farm.env, cwd=ROOT,
+                           "--min-idle", "2", "--config", str(CONFIG)], env=farm.env, cwd=ROOT,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           start_new_session=True)
     try:
