@@ -110,8 +110,9 @@ def test_worker_hands_a_task_back_uncharged_when_the_negotiator_refuses(farm: Fa
                               Resources(cores=4, memory_mb=1024)) is not None
     job = farm.submit([{"command": ["true"]}], resources={"cores": 2, "memory": "1G"})
     task_id = farm.rpc.scheduler.get_job(job["id"])["tasks"][0]["id"]
-    task = farm.wait_for(lambda: (lambda t: t if t["attempts"] else None)(
-        farm.rpc.scheduler.get_task(task_id)), 20, "the worker to try the task")
+    task = farm.wait_for(lambda: (lambda t: t if t["attempts"] and t["attempts"][0]["state"]
+                                  != "running" else None)(farm.rpc.scheduler.get_task(task_id)),
+                         20, "the worker to try the task and give it back")
     first = task["attempts"][0]
     assert first["state"] == "handed_back"
     assert first["reason"].startswith(f"no room on {host['host']} for 2 cores")
