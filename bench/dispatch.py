@@ -132,7 +132,9 @@ def main() -> int:
         farm = Farm(Path(directory), f"amqp://guest:guest@{AMQP_HOST}/{vhost}", vhost)
         # The shipped defaults, not the tests' short leases.
         farm.env.update({"CORRAL_LEASE_SECONDS": "20", "CORRAL_HEARTBEAT_SECONDS": "3",
-                         "CORRAL_WORKER_LOST_AFTER": "10", "CORRAL_REDISPATCH_SECONDS": "30"})
+                         "CORRAL_WORKER_LOST_AFTER": "10", "CORRAL_REDISPATCH_SECONDS": "30",
+                         # The burst is one user's 2,000 tasks: past the default per-user limit.
+                         "CORRAL_MAX_QUEUED_PER_USER": "100000"})
         try:
             farm.start(workers=0 if args.resources else args.workers)
             if args.resources:
