@@ -74,7 +74,9 @@ def run_farm(settings: Settings, config: Path | None, workers: int, pool: str,
     signal.signal(signal.SIGTERM, stop)
 
     def start(child: Child) -> None:
-        child.process = subprocess.Popen(child.argv, env=env)
+        # Its own process group: Ctrl-C in the terminal reaches only this supervisor, which then
+        # stops the pool first (its workers still reach the services to leave) and the services last.
+        child.process = subprocess.Popen(child.argv, env=env, process_group=0)
         console.print(f"[green]started[/green] {child.name} (pid {child.process.pid})")
 
     for child in children:

@@ -200,7 +200,9 @@ class Worker:
 
     async def _leave(self) -> None:
         try:
-            await self._call("registry", "leave_worker", attempts=3, worker_id=self.worker_id)
+            # One try: a registry that is gone will mark us lost anyway, and a stopping farm
+            # should not wait on it.
+            await self._call("registry", "leave_worker", attempts=1, worker_id=self.worker_id)
         except RpcUnavailable:
             log.warning("could not tell the registry we are leaving; it will notice")
 
