@@ -175,3 +175,17 @@ class Farm:
             if len(parts) == 3 and parts[1].isdigit():
                 counts[parts[0]] = (int(parts[1]), int(parts[2]))
         return counts
+
+
+def host_free(farm: Farm) -> tuple[float, int] | None:
+    """The one host's free cores and memory (MB), as the negotiator says; None before it reports."""
+    hosts = farm.rpc.resource_negotiator.list_hosts()
+    if not hosts:
+        return None
+    (host,) = hosts
+    return host["free"]["cores"], host["free"]["memory_mb"]
+
+
+def wait_until(path: Path) -> list[str]:
+    """A task that runs until `path` exists: a test decides when it ends."""
+    return ["sh", "-c", f"while [ ! -e {path} ]; do sleep 0.05; done"]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.farm import CONFIG, Farm
+from tests.farm import CONFIG, Farm, host_free, wait_until
 
 StartPool = Callable[..., subprocess.Popen[bytes]]
 
@@ -47,19 +47,6 @@ def states(farm: Farm) -> list[str]:
     return sorted(w["state"] for w in farm.rpc.registry.list_workers(alive=True))
 
 
-def free(farm: Farm) -> tuple[float, int] | None:
-    """The one host's free cores and memory; None until it has reported."""
-    hosts = farm.rpc.resource_negotiator.list_hosts()
-    if not hosts:
-        return None
-    (host,) = hosts
-    return host["free"]["cores"], host["free"]["memory_mb"]
-
-
-def wait_until(path: Path) -> list[str]:
-    return ["sh", "-c", f"while [ ! -e {path} ]; do sleep 0.05; done"]
-
-
 def pool_log(farm: Farm) -> str:
     return (farm.directory / "pool.log").read_text()
 
@@ -78,25 +65,25 @@ def test_pool_starts_a_worker_each_time_the_last_idle_one_takes_a_task(
     start_services(farm)
     start_pool("--host", "render-a", "--cores", "32", "--memory", "64G", "--max-workers", "3",
                "--min-idle", "1")
-    farm.wait_for(lambda: free(farm) == (32, 65536), 30, "the pool to report 32 cores / 64G")
+    farm.wait_for(lambda: host_free(farm) == (32, 65536), 30, "the pool to report 32 cores / 64G")
     farm.wait_for(lambda: states(farm) == ["idle"], 30, "one idle worker")
 
     first = farm.submit([{"command": wait_until(tmp_path / "one")}],
                         resources={"cores": 8, "memory": "16G"})
-    farm.wait_for(lambda: free(farm) == (24, 49152), 20, "24 cores / 48G free")
+    farm.wait_for(lambda: host_free(farm) == (24, 49152), 20, "24 cores / 48G free")
     farm.wait_for(lambda: states(farm) == ["busy", "idle"], 20, "a second worker, idle")
 
     second = farm.submit([{"command": wait_until(tmp_path / "two")}],
                          resources={"cores": 20, "memory": "40G"})
-    farm.wait_for(lambda: free(farm) == (4, 8192), 20, "4 cores / 8G free")
+    farm.wait_for(lambda: host_free(farm) == (4, 8192), 20, "4 cores / 8G free")
     farm.wait_for(lambda: states(farm) == ["busy", "busy", "idle"], 20, "a third worker, idle")
 
     (tmp_path / "one").touch()
     farm.wait_for_job(first["id"])
-    farm.wait_for(lambda: free(farm) == (12, 24576), 20, "12 cores / 24G free")
+    farm.wait_for(lambda: host_free(farm) == (12, 24576), 20, "12 cores / 24G free")
     (tmp_path / "two").touch()
     farm.wait_for_job(second["id"])
-    farm.wait_for(lambda: free(farm) == (32, 65536), 20, "the whole host free again")
+    farm.wait_for(lambda: host_free(farm) == (32, 65536), 20, "the whole host free again")
 
     # Every worker stood for the pool's named host, not for the machine the test runs on.
     workers = farm.rpc.registry.list_workers(alive=True)

@@ -8,7 +8,7 @@ from services import _negotiator_store as negotiator
 from services._negotiator_store import NegotiatorTable
 from shared.db import Store, create_db_engine
 from shared.resources import Resources
-from tests.farm import Farm
+from tests.farm import Farm, host_free, wait_until
 
 ALLOCATE = ("import os, time; block = bytearray(150 * 1024 * 1024); "
             "print(os.environ['CORRAL_MEMORY_MB'], os.environ['CORRAL_CORES']); time.sleep(1)")
@@ -39,11 +39,6 @@ def start_with_negotiator(farm: Farm) -> None:
     farm.start_service("resource_negotiator")
 
 
-def free(farm: Farm) -> tuple[float, int]:
-    (host,) = farm.rpc.resource_negotiator.list_hosts()
-    return host["free"]["cores"], host["free"]["memory_mb"]
-
-
 def recorded(ledger: Path, seconds: float) -> list[str]:
     """A task that notes its own start and end in the ledger."""
     return ["sh", "-c", f'echo "$CORRAL_TASK_ID start $(date +%s.%N)" >> {ledger}; '
@@ -60,28 +55,24 @@ def assert_never_at_once(ledger: Path) -> None:
         assert end <= start, f"two tasks ran at once: {ordered}"
 
 
-def wait_until(path: Path) -> list[str]:
-    return ["sh", "-c", f"while [ ! -e {path} ]; do sleep 0.05; done"]
-
-
 def test_lifeblood_example_workers_share_one_host_without_overspending(farm: Farm,
                                                                        tmp_path: Path) -> None:
     start_with_negotiator(farm)
     for name in ("worker1", "worker2", "worker3"):
         farm.start_worker("--cores", "32", "--memory", "64G", name=name)
-    farm.wait_for(lambda: free(farm) == (32, 65536), 20, "the host to report 32 cores / 64G")
+    farm.wait_for(lambda: host_free(farm) == (32, 65536), 20, "the host to report 32 cores / 64G")
     first = farm.submit([{"command": wait_until(tmp_path / "one")}],
                         resources={"cores": 8, "memory": "16G"})
-    farm.wait_for(lambda: free(farm) == (24, 49152), 20, "24 cores / 48G free")
+    farm.wait_for(lambda: host_free(farm) == (24, 49152), 20, "24 cores / 48G free")
     second = farm.submit([{"command": wait_until(tmp_path / "two")}],
                          resources={"cores": 20, "memory": "40G"})
-    farm.wait_for(lambda: free(farm) == (4, 8192), 20, "4 cores / 8G free")
+    farm.wait_for(lambda: host_free(farm) == (4, 8192), 20, "4 cores / 8G free")
     (tmp_path / "one").touch()
     farm.wait_for_job(first["id"])
-    farm.wait_for(lambda: free(farm) == (12, 24576), 20, "12 cores / 24G free")
+    farm.wait_for(lambda: host_free(farm) == (12, 24576), 20, "12 cores / 24G free")
     (tmp_path / "two").touch()
     farm.wait_for_job(second["id"])
-    farm.wait_for(lambda: free(farm) == (32, 65536), 20, "the whole host free again")
+    farm.wait_for(lambda: host_free(farm) == (32, 65536), 20, "the whole host free again")
 
 
 def test_tasks_that_do_not_fit_together_never_run_at_once(farm: Farm, tmp_path: Path) -> None:
@@ -100,7 +91,7 @@ def test_tasks_that_do_not_fit_together_never_run_at_once(farm: Farm, tmp_path: 
 def test_worker_hands_a_task_back_uncharged_when_the_negotiator_refuses(farm: Farm) -> None:
     start_with_negotiator(farm)
     farm.start_worker("--cores", "4", "--memory", "8G", name="worker1")
-    farm.wait_for(lambda: free(farm) == (4, 8192), 20, "the host to report")
+    farm.wait_for(lambda: host_free(farm) == (4, 8192), 20, "the host to report")
     # Book the host behind the scheduler's back (no event), so its view of the host is stale
     # and only the negotiator's own check stands between the task and an overbooked host.
     store = Store(create_db_engine(f"sqlite:///{farm.directory / 'data' / 'negotiator.db'}"),
@@ -139,15 +130,16 @@ def test_killed_worker_reservation_is_freed(farm: Farm, tmp_path: Path) -> None:
     start_with_negotiator(farm)
     farm.start_worker("--cores", "8", "--memory", "8G", name="doomed")
     farm.submit([{"command": wait_until(tmp_path / "never")}], resources={"cores": 6})
-    farm.wait_for(lambda: free(farm)[0] == 2, 20, "the reservation to be made")
+    farm.wait_for(lambda: (host_free(farm) or (0, 0))[0] == 2, 20, "the reservation to be made")
     farm.kill("doomed")
-    farm.wait_for(lambda: free(farm)[0] == 8, 30, "the lost worker's reservation to be freed")
+    farm.wait_for(lambda: (host_free(farm) or (0, 0))[0] == 8, 30,
+                  "the lost worker's reservation to be freed")
 
 
 def test_task_too_big_for_every_host_waits_visibly_and_blocks_nothing(farm: Farm) -> None:
     start_with_negotiator(farm)
     farm.start_worker("--cores", "8", "--memory", "16G", name="worker1")
-    farm.wait_for(lambda: free(farm) == (8, 16384), 20, "the host to report")
+    farm.wait_for(lambda: host_free(farm) == (8, 16384), 20, "the host to report")
     huge = farm.submit([{"command": ["true"]}], resources={"cores": 2, "memory": "128G"})
     small = farm.submit([{"command": ["true"]}], resources={"cores": 1, "memory": "1G"})
     assert farm.wait_for_job(small["id"])["state"] == "done"
@@ -163,7 +155,7 @@ def test_negotiator_killed_and_restarted_mid_run_never_overbooks(farm: Farm,
     start_with_negotiator(farm)
     for name in ("worker1", "worker2"):
         farm.start_worker("--cores", "4", "--memory", "8G", name=name)
-    farm.wait_for(lambda: free(farm) == (4, 8192), 20, "the host to report")
+    farm.wait_for(lambda: host_free(farm) == (4, 8192), 20, "the host to report")
     ledger = tmp_path / "ledger"
     job = farm.submit([{"command": recorded(ledger, 0.7)}] * 4,
                       resources={"cores": 3, "memory": "1G"})
@@ -174,7 +166,7 @@ def test_negotiator_killed_and_restarted_mid_run_never_overbooks(farm: Farm,
     done = farm.wait_for_job(job["id"], timeout=90)
     assert done["counts"] == {"done": 4}
     assert_never_at_once(ledger)
-    farm.wait_for(lambda: free(farm) == (4, 8192), 20, "every reservation to be released")
+    farm.wait_for(lambda: host_free(farm) == (4, 8192), 20, "every reservation to be released")
 
 
 def test_payloads_run_at_the_nice_level_of_their_band(farm: Farm) -> None:
