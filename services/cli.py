@@ -322,15 +322,21 @@ def _job_table(job: dict[str, Any]) -> Table:
     return table
 
 
+def _eta(job: dict[str, Any]) -> str:
+    seconds = job.get("eta_seconds")
+    return "" if seconds is None else f"eta {int(seconds) // 60}m{int(seconds) % 60:02d}s"
+
+
 def _watch(rpc: Any, job_id: int, quiet: bool = False) -> dict[str, Any]:
-    job = rpc.scheduler.get_job(job_id)
+    job = rpc.scheduler.get_job(job_id, task_limit=0)
     with Progress(TextColumn("job {task.fields[job_id]} {task.fields[state]}"), BarColumn(),
-                  MofNCompleteColumn(), TimeElapsedColumn(), console=err_console,
-                  disable=quiet) as progress:
-        bar = progress.add_task("job", total=job["task_count"], job_id=job_id, state=job["state"])
+                  MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.fields[eta]}"),
+                  console=err_console, disable=quiet) as progress:
+        bar = progress.add_task("job", total=job["task_count"], job_id=job_id, state=job["state"],
+                                eta=_eta(job))
         while True:
             finished = sum(job["counts"].get(s, 0) for s in ("done", "failed", "cancelled"))
-            progress.update(bar, completed=finished, state=job["state"])
+            progress.update(bar, completed=finished, state=job["state"], eta=_eta(job))
             if job["state"] in FINAL_JOB_STATES:
                 return rpc.scheduler.get_job(job_id)
             time.sleep(0.5)
