@@ -1,10 +1,15 @@
-"""Publishes `{task_id, attempt}` messages to the durable band queues, with publisher confirms."""
+"""Publishes task messages to the durable band queues, with publisher confirms.
+
+A message is `{task_id, attempt}` plus, for a task that books resources, what it books
+(`resources`, `preferred`), so the worker can book them while its claim is on the way.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 from kombu import Connection, Queue
 
@@ -42,7 +47,11 @@ class BandPublisher:
                 if queue not in self._declared:
                     Queue(queue, durable=True, channel=channel).declare()
                     self._declared.add(queue)
-                body = json.dumps({"task_id": release.task_id, "attempt": release.attempt})
+                message: dict[str, Any] = {"task_id": release.task_id,
+                                           "attempt": release.attempt}
+                if release.wants:
+                    message.update(json.loads(release.wants))
+                body = json.dumps(message)
                 channel.basic_publish(
                     channel.prepare_message(body.encode(), priority=0,
                                             content_type="application/json",

@@ -39,6 +39,7 @@ class Candidate:
     head: bool
     job_id: int = 0
     needs: Amounts = (0.0, 0, 0)
+    wants: str | None = None  # JSON the task's message carries: see Release.wants
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,9 @@ class Release:
     band: str
     worker_id: str
     user: str = ""
+    # JSON object of what the worker books before running the task ({"resources", "preferred"}),
+    # carried in the message so it can book while its claim is on the way; None: nothing to book.
+    wants: str | None = None
 
 
 def absorb_dispatched(idle: Sequence[IdleWorker],
@@ -127,7 +131,7 @@ def plan_release(idle: Sequence[IdleWorker],
                 clock += 1
                 served[pick.user] = clock
                 releases.append(Release(pick.task_id, pick.attempt, pool, band, worker.worker_id,
-                                        pick.user))
+                                        pick.user, pick.wants))
     return releases
 
 

@@ -387,6 +387,16 @@ def needs_of(resources_json: str | None) -> Amounts:
             int(amounts.get("gpus") or 0))
 
 
+def wants_of(resources_json: str | None, preferred_json: str | None) -> str | None:
+    """What a task's message carries for its worker to book (see Release.wants), as JSON."""
+    if not resources_json:
+        return None
+    wants: dict[str, Any] = {"resources": json.loads(resources_json)}
+    if preferred_json:
+        wants["preferred"] = json.loads(preferred_json)
+    return json.dumps(wants)
+
+
 def plan_next_releases(store: Store, workers: Iterable[IdleWorker],
                        bands_high_first: Sequence[str], window: int = 16,
                        last_served: Mapping[str, float] | None = None,
@@ -415,13 +425,13 @@ def plan_next_releases(store: Store, workers: Iterable[IdleWorker],
                      Task.ready_at <= now)
             rows = session.execute(
                 select(Task.id, Task.attempt, Task.user, Task.priority, Task.head,
-                       Task.job_id, Task.resources).where(*ready)
+                       Task.job_id, Task.resources, Task.preferred).where(*ready)
                 .order_by(Task.head.desc(), Task.priority.desc(), Task.id)  # type: ignore[attr-defined]
                 .limit(slots + window)).all()
             if not rows:
                 continue
-            queue = [Candidate(r[0], r[1], r[2], r[3], bool(r[4]), r[5], needs_of(r[6]))
-                     for r in rows]
+            queue = [Candidate(r[0], r[1], r[2], r[3], bool(r[4]), r[5], needs_of(r[6]),
+                               wants_of(r[6], r[7])) for r in rows]
             top = queue[0]
             seen_users = {c.user for c in queue}
             extra = []
@@ -430,12 +440,12 @@ def plan_next_releases(store: Store, workers: Iterable[IdleWorker],
                     continue
                 row = session.execute(
                     select(Task.id, Task.attempt, Task.user, Task.priority, Task.head,
-                           Task.job_id, Task.resources)
+                           Task.job_id, Task.resources, Task.preferred)
                     .where(*ready, Task.head == top.head, Task.priority == top.priority,
                            Task.user == user).order_by(Task.id).limit(1)).first()
                 if row is not None:
                     extra.append(Candidate(row[0], row[1], row[2], row[3], bool(row[4]), row[5],
-                                           needs_of(row[6])))
+                                           needs_of(row[6]), wants_of(row[6], row[7])))
             if extra:
                 group_end = sum(1 for c in queue
                                 if (c.head, c.priority) == (top.head, top.priority))
@@ -513,10 +523,10 @@ def stale_dispatches(store: Store, older_than: float) -> list[Release]:
     with store.read() as session:
         now = store.now(session)
         rows = session.execute(
-            select(Task.id, Task.attempt, Task.pool, Task.band)
+            select(Task.id, Task.attempt, Task.pool, Task.band, Task.resources, Task.preferred)
             .where(Task.state == TaskState.DISPATCHED, Task.dispatched_at < now - older_than)
             .order_by(Task.dispatched_at).limit(1000)).all()
-    return [Release(r[0], r[1], r[2], r[3], "") for r in rows]
+    return [Release(r[0], r[1], r[2], r[3], "", wants=wants_of(r[4], r[5])) for r in rows]
 
 
 def dispatched_counts(store: Store) -> dict[tuple[str, str], int]:

@@ -13,12 +13,13 @@ from typing import Any
 
 import eventlet
 from nameko import config
-from nameko.events import EventDispatcher, event_handler
+from nameko.events import event_handler
 from nameko.extensions import DependencyProvider
 from nameko.rpc import ServiceRpc, rpc
 from nameko.timer import timer
 
 from services import _negotiator_store as store_ops
+from services._announcer import Announcer
 from shared import events
 from shared.config import Settings, settings_from_mapping
 from shared.contracts import RegistryRpc, SchedulerRpc
@@ -29,11 +30,17 @@ log = logging.getLogger(__name__)
 
 
 class NegotiatorState:
-    """What every negotiator worker shares: settings and the store."""
+    """What every negotiator worker shares: settings, the store, and the host_changed sender."""
 
     def __init__(self, settings: Settings, store: Store) -> None:
         self.settings = settings
         self.store = store
+        self.announcer = Announcer(ResourceNegotiatorService.name, events.HOST_CHANGED,
+                                   self._host_event)
+
+    def _host_event(self, host: str) -> dict[str, Any]:
+        view = store_ops.host_view(self.store, host)
+        return {"host": host, "totals": view["totals"], "free": view["free"]}
 
 
 class NegotiatorCore(DependencyProvider):
@@ -43,6 +50,9 @@ class NegotiatorCore(DependencyProvider):
                       store_ops.NegotiatorTable.metadata)
         store.create_schema()
         self.state = NegotiatorState(settings, store)
+
+    def start(self) -> None:
+        self.state.announcer.start(self.container.spawn_managed_thread)
 
     def stop(self) -> None:
         self.state.store.dispose()
@@ -59,14 +69,14 @@ class ResourceNegotiatorService:
     core: NegotiatorState = NegotiatorCore()
     registry: RegistryRpc = ServiceRpc("registry")
     scheduler: SchedulerRpc = ServiceRpc("scheduler")
-    dispatch = EventDispatcher()
 
     def _changed(self, *hosts: str) -> None:
-        """Tell the scheduler what a host now has free, so it places work where it fits."""
-        for host in sorted(set(hosts)):
-            view = store_ops.host_view(self.core.store, host)
-            self.dispatch(events.HOST_CHANGED, {"host": host, "totals": view["totals"],
-                                                "free": view["free"]})
+        """Tell the scheduler what a host now has free, so it places work where it fits.
+
+        The event goes out after this call has replied (see services._announcer): a worker
+        waiting to start its task does not also wait for the announcement.
+        """
+        self.core.announcer.announce(*hosts)
 
     @rpc(expected_exceptions=EXPECTED_EXCEPTIONS)
     def report_host(self, host: str, cores: float, memory_mb: int,

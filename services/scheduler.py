@@ -61,8 +61,12 @@ class Dispatcher:
         # host -> {"totals": amounts, "free": amounts}, from the negotiator's host_changed events.
         self.hosts: dict[str, dict[str, Amounts]] = {}
 
-    def set_host(self, host: str, totals: dict[str, Any], free: dict[str, Any]) -> None:
-        self.hosts[host] = {"totals": _amounts(totals), "free": _amounts(free)}
+    def set_host(self, host: str, totals: dict[str, Any], free: dict[str, Any]) -> bool:
+        """Record a host's amounts; True when it has more room than before (or is new)."""
+        before = self.hosts.get(host)
+        self.hosts[host] = view = {"totals": _amounts(totals), "free": _amounts(free)}
+        return before is None or any(now > was for now, was in zip(view["free"], before["free"],
+                                                                   strict=True))
 
     def set_worker(self, worker_id: str, pool: str, bands: list[str], host: str = "") -> None:
         self.workers[worker_id] = IdleWorker(worker_id, pool, frozenset(bands), host)
@@ -359,8 +363,9 @@ class SchedulerService:
 
     @event_handler("resource_negotiator", events.HOST_CHANGED)
     def handle_host_changed(self, payload: dict[str, Any]) -> None:
-        self.core.set_host(payload["host"], payload["totals"], payload["free"])
-        self.core.request_release()
+        # Less room (a reservation) cannot let anything more start: no release pass for it.
+        if self.core.set_host(payload["host"], payload["totals"], payload["free"]):
+            self.core.request_release()
 
     @event_handler("registry", events.WORKER_LEFT)
     def handle_worker_left(self, payload: dict[str, Any]) -> None:

@@ -255,14 +255,22 @@ class Worker:
                 log.error("dropping a malformed message: %r", message.body[:200])
                 await _settle(message.ack())
                 continue
+            # A message that says what the task books lets the booking travel alongside the
+            # claim rather than after it; a stale claim gives the booking straight back.
+            booking = None
+            if body.get("resources") and self.negotiated:
+                booking = asyncio.create_task(self._reserve(task_id, attempt, body["resources"],
+                                                            body.get("preferred")))
             claim = await self._claim(task_id, attempt)
             if claim is None or claim.get("status") != "claimed":
+                if booking is not None:
+                    asyncio.get_running_loop().create_task(self._give_back(booking))
                 await _settle(message.ack())  # duplicate or stale delivery: nothing to start
                 continue
             # The payload starts at once; consumers are cancelled and then the message acked
             # alongside (no second message can arrive while this one is unacknowledged).
             settle = asyncio.create_task(self._stop_consuming_then_ack(message))
-            await self._run(claim)
+            await self._run(claim, booking)
             await settle
             if not self._draining.is_set():
                 await self._start_consuming()
@@ -275,7 +283,40 @@ class Worker:
         except RpcUnavailable:
             return None
 
-    async def _run(self, claim: dict[str, Any]) -> None:
+    def _reservation_id(self, task_id: int, attempt: int) -> str:
+        # The worker is part of the id: a duplicate delivery of the same attempt to another
+        # worker books (and gives back) its own reservation, never this one's.
+        return f"task {task_id} attempt {attempt} on {self.worker_id}"
+
+    async def _reserve(self, task_id: int, attempt: int, minimum: dict[str, Any],
+                       preferred: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Book the task's resources on this host: the grant, or None when it does not fit.
+
+        Raises ServiceUnknown when the farm runs no negotiator (nothing is booked then).
+        """
+        try:
+            return await self._call(  # type: ignore[no-any-return]
+                "resource_negotiator", "reserve", attempts=None, optional_service=True,
+                reservation_id=self._reservation_id(task_id, attempt), host=self.host,
+                worker_id=self.worker_id, task_id=task_id, attempt=attempt, minimum=minimum,
+                preferred=preferred)
+        except ServiceUnknown:
+            self.negotiated = False
+            raise
+
+    async def _give_back(self, booking: asyncio.Task[dict[str, Any] | None]) -> None:
+        """Release what a booking got, for a task this worker will not run after all."""
+        try:
+            grant = await booking
+        except Exception as exc:  # nothing was booked, or the negotiator frees it on our exit
+            log.debug("no booking to give back: %s", exc)
+            return
+        if grant is not None:
+            await self._release(grant["id"])
+            log.info("gave back %s: the claim was refused", grant["id"])
+
+    async def _run(self, claim: dict[str, Any],
+                   booking: asyncio.Task[dict[str, Any] | None] | None = None) -> None:
         storage = self.settings.storage_root
         name = f"{claim['task_id']}.{claim['attempt']}"
         run = TaskRun(task_id=claim["task_id"], job_id=claim["job_id"], attempt=claim["attempt"],
@@ -288,17 +329,16 @@ class Worker:
                       cores=(claim.get("resources") or {}).get("cores") or None,
                       log_path=storage / "logs" / str(claim["job_id"]) / f"{name}.log",
                       result_path=storage / "results" / str(claim["job_id"]) / f"{name}.json")
+        if booking is None and claim.get("resources") and self.negotiated:
+            # A message that did not say what to book (published by an older scheduler).
+            booking = asyncio.create_task(self._reserve(
+                claim["task_id"], claim["attempt"], claim["resources"], claim.get("preferred")))
         grant: dict[str, Any] | None = None
-        reservation_id = f"task {claim['task_id']} attempt {claim['attempt']}"
-        if claim.get("resources") and self.negotiated:
+        if booking is not None:
             try:
-                grant = await self._call(
-                    "resource_negotiator", "reserve", attempts=None, optional_service=True,
-                    reservation_id=reservation_id, host=self.host, worker_id=self.worker_id,
-                    task_id=claim["task_id"], attempt=claim["attempt"],
-                    minimum=claim["resources"], preferred=claim.get("preferred"))
+                grant = await booking
             except ServiceUnknown:
-                self.negotiated = False
+                pass
             else:
                 if grant is None:
                     wanted = claim["resources"]
@@ -321,7 +361,7 @@ class Worker:
             renewals.cancel()
             self.current = None
             if grant is not None:
-                asyncio.get_running_loop().create_task(self._release(reservation_id))
+                asyncio.get_running_loop().create_task(self._release(grant["id"]))
         self.tasks_run += 1
         if run._kill_reason and run._kill_reason.startswith("handed back"):
             await self._report("hand_back_task", task_id=run.task_id,

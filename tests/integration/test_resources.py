@@ -1,8 +1,11 @@
 """Resources a task asks for, on real workers: its memory is watched and its request grows."""
 
 import itertools
+import json
 import time
 from pathlib import Path
+
+from kombu import Connection
 
 from services import _negotiator_store as negotiator
 from services._negotiator_store import NegotiatorTable
@@ -112,6 +115,37 @@ def test_worker_hands_a_task_back_uncharged_when_the_negotiator_refuses(farm: Fa
     store.dispose()
     farm.rpc.resource_negotiator.report_host(host["host"], 4, 8192)  # tell everyone it is free
     assert farm.wait_for_job(job["id"], timeout=30)["state"] == "done"
+
+
+def test_duplicate_delivery_books_and_gives_back_only_its_own_reservation(farm: Farm,
+                                                                         tmp_path: Path) -> None:
+    """The message says what to book, so a worker books while its claim is on the way; a
+    worker whose claim turns out stale gives its booking back and leaves the runner's alone."""
+    start_with_negotiator(farm)
+    farm.start_worker("--cores", "8", "--memory", "8G", name="runner")
+    farm.wait_for(lambda: host_free(farm) == (8, 8192), 20, "the host to report")
+    job = farm.submit([{"command": wait_until(tmp_path / "stop")}],
+                      resources={"cores": 3, "memory": "1G"})
+    task_id = farm.rpc.scheduler.get_job(job["id"])["tasks"][0]["id"]
+    farm.wait_for(lambda: farm.rpc.scheduler.get_task(task_id)["state"] == "running", 20,
+                  "the task to start")
+    assert host_free(farm) == (5, 7168)
+    (runner,) = farm.rpc.resource_negotiator.list_hosts()[0]["reservations"]
+    farm.start_worker("--cores", "8", "--memory", "8G", name="late")
+    with Connection(farm.amqp_uri) as connection:  # the same message, delivered again
+        connection.Producer().publish(
+            json.dumps({"task_id": task_id, "attempt": 1,
+                        "resources": {"cores": 3, "memory_mb": 1024, "gpus": 0, "custom": {}}}),
+            routing_key="corral.cpu.normal", content_type="application/json")
+    late_log = farm.directory / "late.log"
+    farm.wait_for(lambda: "the claim was refused" in late_log.read_text(), 20,
+                  "the late worker to book and give the booking back")
+    assert host_free(farm) == (5, 7168)
+    assert farm.rpc.resource_negotiator.list_hosts()[0]["reservations"] == [runner]
+    assert len(farm.rpc.scheduler.get_task(task_id)["attempts"]) == 1
+    (tmp_path / "stop").touch()
+    assert farm.wait_for_job(job["id"])["state"] == "done"
+    farm.wait_for(lambda: host_free(farm) == (8, 8192), 20, "the host free again")
 
 
 def test_two_one_gpu_tasks_on_one_host_are_pinned_to_different_gpus(farm: Farm) -> None:

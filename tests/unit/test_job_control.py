@@ -6,6 +6,8 @@ import pytest
 
 from services import _scheduler_store as ops
 from services._dispatch import IdleWorker
+from services.scheduler import Dispatcher
+from shared.config import DEFAULT_CONFIG_PATH, load_settings
 from shared.db import Store
 from shared.errors import InvalidState, LimitExceeded, StaleLease
 from shared.spec import validate_job_spec
@@ -130,3 +132,14 @@ def test_why_says_when_no_host_could_ever_fit_the_task(scheduler_store: Store) -
     hosts = {"render01": {"totals": (32.0, 262144, 0), "free": (32.0, 1024, 0)}}
     why = ops.why_task(scheduler_store, job["tasks"][0]["id"], [worker], hosts)
     assert why["code"] == "no_room"
+
+
+def test_only_more_room_on_a_host_wakes_a_release_pass(scheduler_store: Store) -> None:
+    settings = load_settings(DEFAULT_CONFIG_PATH, environ={})
+    dispatcher = Dispatcher(settings, scheduler_store, spawn=lambda *_: None)
+    totals = {"cores": 8, "memory_mb": 8192, "gpus": 0}
+    assert dispatcher.set_host("render01", totals, totals)  # a new host: room to use
+    booked = {"cores": 6, "memory_mb": 8192, "gpus": 0}
+    assert not dispatcher.set_host("render01", totals, booked)  # a reservation: nothing to do
+    assert dispatcher.hosts["render01"]["free"] == (6.0, 8192, 0)
+    assert dispatcher.set_host("render01", totals, {"cores": 7, "memory_mb": 8192, "gpus": 0})

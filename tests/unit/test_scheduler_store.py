@@ -1,5 +1,6 @@
 """The scheduler's state changes, on SQLite and PostgreSQL alike."""
 
+import json
 import time
 from typing import Any
 
@@ -235,3 +236,22 @@ def test_host_failing_a_job_enough_times_is_excluded_and_refused(scheduler_store
     assert reply["status"] == "excluded"
     assert ops.claim_task(scheduler_store, ids[2], 2, "w9", "other", LEASE).reply["status"] == \
         "claimed"
+
+
+def test_a_released_message_carries_what_its_worker_books(scheduler_store: Store) -> None:
+    plain = task_ids(scheduler_store, submit(scheduler_store, priority=500)["id"])[0]
+    booked = task_ids(scheduler_store, submit(
+        scheduler_store, priority=50,
+        resources={"cores": 2, "memory": "1G"}, preferred={"cores": 8})["id"])[0]
+    workers = [IdleWorker("w1", "cpu", ALL_BANDS), IdleWorker("w2", "cpu", ALL_BANDS)]
+    plan = {r.task_id: r for r in ops.plan_next_releases(scheduler_store, workers,
+                                                         ["high", "normal", "low"])}
+    assert plan[plain].wants is None
+    wants = json.loads(plan[booked].wants or "")
+    assert wants["resources"] == ops.get_task(scheduler_store, booked)["resources"]
+    assert wants["resources"]["cores"] == 2 and wants["resources"]["memory_mb"] == 1024
+    assert wants["preferred"]["cores"] == 8
+    ops.mark_dispatched(scheduler_store, list(plan.values()))
+    # A message published again says the same.
+    resent = {r.task_id: r for r in ops.stale_dispatches(scheduler_store, -1)}
+    assert resent[booked].wants == plan[booked].wants and resent[plain].wants is None
