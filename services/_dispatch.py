@@ -18,6 +18,15 @@ def take(free: Amounts, needs: Amounts) -> Amounts:
     return (free[0] - needs[0], free[1] - needs[1], free[2] - needs[2])
 
 
+Licences = tuple[tuple[str, int], ...]
+"""(licence name, count) pairs a task needs, sorted by name."""
+
+
+def licences_free(free: Mapping[str, int], needs: Licences) -> bool:
+    """Whether every licence a task needs has enough tokens free (an unknown one has none)."""
+    return all(free.get(name, 0) >= count for name, count in needs)
+
+
 @dataclass(frozen=True)
 class IdleWorker:
     """A live worker with nothing running, as the scheduler sees it."""
@@ -40,6 +49,7 @@ class Candidate:
     job_id: int = 0
     needs: Amounts = (0.0, 0, 0)
     wants: str | None = None  # JSON the task's message carries: see Release.wants
+    licences: Licences = ()
 
 
 @dataclass(frozen=True)
@@ -52,8 +62,9 @@ class Release:
     band: str
     worker_id: str
     user: str = ""
-    # JSON object of what the worker books before running the task ({"resources", "preferred"}),
-    # carried in the message so it can book while its claim is on the way; None: nothing to book.
+    # JSON object of what the worker books before running the task ({"resources", "preferred",
+    # "licences"}), carried in the message so it books while its claim is on the way; None:
+    # nothing to book.
     wants: str | None = None
 
 
@@ -94,16 +105,19 @@ def plan_release(idle: Sequence[IdleWorker],
                  bands_high_first: Sequence[str],
                  last_served: Mapping[str, float] | None = None,
                  excluded_hosts: Mapping[int, frozenset[str]] | None = None,
-                 host_free: Mapping[str, Amounts] | None = None) -> list[Release]:
+                 host_free: Mapping[str, Amounts] | None = None,
+                 licence_free: Mapping[str, int] | None = None) -> list[Release]:
     """Match ready tasks to idle workers: highest band first, one task per idle worker.
 
     A task goes only to a worker whose host has room for it (`host_free`, from the negotiator;
-    a host it has not heard of is not limited), and never to a host excluded from its job
-    (Deadline's bad-worker list). A task that fits nowhere now is passed over, so it never
-    holds back smaller tasks behind it.
+    a host it has not heard of is not limited), never to a host excluded from its job
+    (Deadline's bad-worker list), and only while the licences it needs have tokens free
+    (`licence_free`, from the licence service; a licence it has not heard of has none). A task
+    that cannot go now is passed over, so it never holds back other tasks behind it.
     """
     excluded = excluded_hosts or {}
     room = dict(host_free or {})
+    tokens = dict(licence_free or {})
     running: Counter[str] = Counter(running_by_user)
     served = dict(last_served or {})
     clock = max(served.values(), default=0.0)
@@ -118,6 +132,8 @@ def plan_release(idle: Sequence[IdleWorker],
                     break
                 pick = choose_next(queue, running, served)
                 queue.remove(pick)
+                if pick.licences and not licences_free(tokens, pick.licences):
+                    continue
                 barred = excluded.get(pick.job_id, frozenset())
                 eligible = [w for w in servers if w.host not in barred
                             and (w.host not in room or fits(room[w.host], pick.needs))]
@@ -126,6 +142,8 @@ def plan_release(idle: Sequence[IdleWorker],
                 worker = min(eligible, key=lambda w: (len(w.bands), w.worker_id))
                 if worker.host in room:
                     room[worker.host] = take(room[worker.host], pick.needs)
+                for name, count in pick.licences:
+                    tokens[name] -= count
                 free.remove(worker)
                 running[pick.user] += 1
                 clock += 1

@@ -22,6 +22,7 @@ from services._dispatch import (
     Amounts,
     Candidate,
     IdleWorker,
+    Licences,
     Release,
     absorb_dispatched,
     fits,
@@ -125,6 +126,7 @@ class Task(SchedulerTable, table=True):
     stall_timeout: float | None = None  # seconds without output before the task is killed
     resources: str | None = None  # JSON minimum {"cores", "memory_mb", "gpus", "custom"}
     preferred: str | None = None  # JSON preferred amounts, same shape
+    licences: str | None = None   # JSON {licence name: count}, held while the task runs
     memory_factor: float = 1.0    # applied to memory after an out-of-memory kill
     max_attempts: int = 1
     retry_delay: float = 0.0
@@ -203,6 +205,7 @@ def _task_dict(task: Task) -> dict[str, Any]:
     data["result"] = json.loads(task.result) if task.result is not None else None
     data["resources"] = json.loads(task.resources) if task.resources else None
     data["preferred"] = json.loads(task.preferred) if task.preferred else None
+    data["licences"] = json.loads(task.licences) if task.licences else None
     return data
 
 
@@ -270,6 +273,7 @@ def submit_job(store: Store, plan: JobPlan, max_queued_per_user: int | None = No
                 "stall_timeout": t.stall_timeout,
                 "resources": json.dumps(t.resources) if t.resources else None,
                 "preferred": json.dumps(t.preferred) if t.preferred else None,
+                "licences": json.dumps(t.licences, sort_keys=True) if t.licences else None,
                 "memory_factor": t.memory_factor,
                 "max_attempts": t.max_attempts, "retry_delay": t.retry_delay,
                 "retry_exit_codes": (json.dumps(t.retry_exit_codes)
@@ -378,6 +382,11 @@ def _dependents_of_job(session: Session, job_id: int) -> set[int]:
 
 # --- release ------------------------------------------------------------------------------------
 
+# What a release pass reads of each ready task; _candidate turns a row into a Candidate.
+CANDIDATE_COLUMNS = (Task.id, Task.attempt, Task.user, Task.priority, Task.head, Task.job_id,
+                     Task.resources, Task.preferred, Task.licences)
+
+
 def needs_of(resources_json: str | None) -> Amounts:
     """A task's minimum (cores, memory MB, GPUs) from its stored resources."""
     if not resources_json:
@@ -387,29 +396,48 @@ def needs_of(resources_json: str | None) -> Amounts:
             int(amounts.get("gpus") or 0))
 
 
-def wants_of(resources_json: str | None, preferred_json: str | None) -> str | None:
+def licences_of(licences_json: str | None) -> Licences:
+    """A task's licences as sorted (name, count) pairs."""
+    if not licences_json:
+        return ()
+    return tuple(sorted((str(name), int(count))
+                        for name, count in json.loads(licences_json).items()))
+
+
+def wants_of(resources_json: str | None, preferred_json: str | None,
+             licences_json: str | None = None) -> str | None:
     """What a task's message carries for its worker to book (see Release.wants), as JSON."""
-    if not resources_json:
-        return None
-    wants: dict[str, Any] = {"resources": json.loads(resources_json)}
-    if preferred_json:
-        wants["preferred"] = json.loads(preferred_json)
-    return json.dumps(wants)
+    wants: dict[str, Any] = {}
+    if resources_json:
+        wants["resources"] = json.loads(resources_json)
+        if preferred_json:
+            wants["preferred"] = json.loads(preferred_json)
+    if licences_json:
+        wants["licences"] = json.loads(licences_json)
+    return json.dumps(wants) if wants else None
+
+
+def _candidate(row: Any) -> Candidate:
+    """A Candidate from a row of CANDIDATE_COLUMNS."""
+    return Candidate(row[0], row[1], row[2], row[3], bool(row[4]), row[5], needs_of(row[6]),
+                     wants_of(row[6], row[7], row[8]), licences_of(row[8]))
 
 
 def plan_next_releases(store: Store, workers: Iterable[IdleWorker],
                        bands_high_first: Sequence[str], window: int = 16,
                        last_served: Mapping[str, float] | None = None,
-                       host_free: Mapping[str, Amounts] | None = None) -> list[Release]:
+                       host_free: Mapping[str, Amounts] | None = None,
+                       licence_free: Mapping[str, int] | None = None) -> list[Release]:
     """Choose the tasks to publish now, one per idle worker that serves their pool and band.
 
     Per pool and band it reads the first `slots + window` ready tasks in order, plus the oldest
     task of every user in the best (head, priority) group, so fairness sees every user however
-    deep one user's backlog is.
+    deep one user's backlog is. `licence_free` is what the licence service last said was free;
+    the licences of tasks already sent but not yet started are taken from it here.
     """
     with store.read() as session:
         in_flight = session.execute(
-            select(Task.state, Task.worker_id, Task.pool, Task.band, Task.user)
+            select(Task.state, Task.worker_id, Task.pool, Task.band, Task.user, Task.licences)
             .where(Task.state.in_([TaskState.RUNNING, TaskState.DISPATCHED]))).all()  # type: ignore[attr-defined]
         busy = {row[1] for row in in_flight if row[0] == TaskState.RUNNING}
         idle = [w for w in workers if w.worker_id not in busy]
@@ -424,14 +452,12 @@ def plan_next_releases(store: Store, workers: Iterable[IdleWorker],
             ready = (Task.state == TaskState.QUEUED, Task.pool == pool, Task.band == band,
                      Task.ready_at <= now)
             rows = session.execute(
-                select(Task.id, Task.attempt, Task.user, Task.priority, Task.head,
-                       Task.job_id, Task.resources, Task.preferred).where(*ready)
+                select(*CANDIDATE_COLUMNS).where(*ready)
                 .order_by(Task.head.desc(), Task.priority.desc(), Task.id)  # type: ignore[attr-defined]
                 .limit(slots + window)).all()
             if not rows:
                 continue
-            queue = [Candidate(r[0], r[1], r[2], r[3], bool(r[4]), r[5], needs_of(r[6]),
-                               wants_of(r[6], r[7])) for r in rows]
+            queue = [_candidate(r) for r in rows]
             top = queue[0]
             seen_users = {c.user for c in queue}
             extra = []
@@ -439,13 +465,11 @@ def plan_next_releases(store: Store, workers: Iterable[IdleWorker],
                 if user in seen_users:
                     continue
                 row = session.execute(
-                    select(Task.id, Task.attempt, Task.user, Task.priority, Task.head,
-                           Task.job_id, Task.resources, Task.preferred)
+                    select(*CANDIDATE_COLUMNS)
                     .where(*ready, Task.head == top.head, Task.priority == top.priority,
                            Task.user == user).order_by(Task.id).limit(1)).first()
                 if row is not None:
-                    extra.append(Candidate(row[0], row[1], row[2], row[3], bool(row[4]), row[5],
-                                           needs_of(row[6]), wants_of(row[6], row[7])))
+                    extra.append(_candidate(row))
             if extra:
                 group_end = sum(1 for c in queue
                                 if (c.head, c.priority) == (top.head, top.priority))
@@ -456,10 +480,14 @@ def plan_next_releases(store: Store, workers: Iterable[IdleWorker],
         job_ids = {c.job_id for queue in candidates.values() for c in queue}
         excluded = excluded_hosts(session, job_ids) if any(w.host for w in idle) else {}
     running_by_user: dict[str, int] = {}
+    tokens = dict(licence_free or {})
     for row in in_flight:
         running_by_user[row[4]] = running_by_user.get(row[4], 0) + 1
+        if row[0] == TaskState.DISPATCHED:
+            for name, count in licences_of(row[5]):
+                tokens[name] = tokens.get(name, 0) - count
     return plan_release(idle, candidates, running_by_user, bands_high_first, last_served,
-                        excluded, host_free)
+                        excluded, host_free, tokens)
 
 
 def excluded_hosts(session: Session, job_ids: Iterable[int]) -> dict[int, frozenset[str]]:
@@ -523,10 +551,11 @@ def stale_dispatches(store: Store, older_than: float) -> list[Release]:
     with store.read() as session:
         now = store.now(session)
         rows = session.execute(
-            select(Task.id, Task.attempt, Task.pool, Task.band, Task.resources, Task.preferred)
+            select(Task.id, Task.attempt, Task.pool, Task.band, Task.resources, Task.preferred,
+                   Task.licences)
             .where(Task.state == TaskState.DISPATCHED, Task.dispatched_at < now - older_than)
             .order_by(Task.dispatched_at).limit(1000)).all()
-    return [Release(r[0], r[1], r[2], r[3], "", wants=wants_of(r[4], r[5])) for r in rows]
+    return [Release(r[0], r[1], r[2], r[3], "", wants=wants_of(r[4], r[5], r[6])) for r in rows]
 
 
 def dispatched_counts(store: Store) -> dict[tuple[str, str], int]:
@@ -560,6 +589,7 @@ def _run_payload(task: Task, lease_seconds: float) -> dict[str, Any]:
         "cwd": task.cwd, "timeout": task.timeout, "stall_timeout": task.stall_timeout,
         "resources": json.loads(task.resources) if task.resources else None,
         "preferred": json.loads(task.preferred) if task.preferred else None,
+        "licences": json.loads(task.licences) if task.licences else None,
     }
 
 
@@ -1006,10 +1036,13 @@ def age_waiting_tasks(store: Store, bands: Iterable[Any], older_than: float) -> 
 # --- why ------------------------------------------------------------------------------------------
 
 def why_task(store: Store, task_id: int, workers: Iterable[IdleWorker],
-             hosts: Mapping[str, Mapping[str, Amounts]] | None = None) -> dict[str, Any]:
+             hosts: Mapping[str, Mapping[str, Amounts]] | None = None,
+             licences: Mapping[str, Mapping[str, int]] | None = None) -> dict[str, Any]:
     """Why a task is where it is: a reason a person can read and a code a program can.
 
-    `hosts` maps each host to its "totals" and "free" amounts, as the negotiator reports them.
+    `hosts` maps each host to its "totals" and "free" amounts, as the negotiator reports them;
+    `licences` each licence pool to its "total" and "free" tokens, as the licence service does
+    (None: it has not answered).
     """
     with store.read() as session:
         now = store.now(session)
@@ -1040,6 +1073,9 @@ def why_task(store: Store, task_id: int, workers: Iterable[IdleWorker],
                 if not any(fits(view["free"], needs) for view in known.values()):
                     return {**answer, "code": "no_room",
                             "reason": f"waiting for a host with {wanted} free"}
+            short = _licence_shortage(licences_of(task.licences), licences)
+            if short is not None:
+                return {**answer, **short}
             same_head = Task.head.is_(True) if task.head else Task.head.is_(False)  # type: ignore[attr-defined]
             before = [and_(same_head, Task.priority > task.priority),
                       and_(same_head, Task.priority == task.priority,
@@ -1061,6 +1097,31 @@ def why_task(store: Store, task_id: int, workers: Iterable[IdleWorker],
             return {**answer, "code": "running",
                     "reason": f"running on {task.worker_id} ({task.progress}%)"}
         return {**answer, "code": task.state, "reason": task.reason or str(task.state)}
+
+
+def _licence_shortage(needs: Licences,
+                      pools: Mapping[str, Mapping[str, int]] | None) -> dict[str, Any] | None:
+    """The first licence a task cannot have now, as a why-answer's code and reason."""
+    if not needs:
+        return None
+    if pools is None:
+        return {"code": "licence_unavailable",
+                "reason": "the licence service has not answered; tasks needing licences wait"}
+    for name, count in needs:
+        pool = pools.get(name)
+        if pool is None:
+            return {"code": "licence_unknown", "licence": name,
+                    "reason": f"no licence pool named {name} (corral licences set {name} N)"}
+        if pool["total"] < count:
+            return {"code": "licence_too_few", "licence": name,
+                    "reason": f"needs {count} {name} licences; the pool has only "
+                              f"{pool['total']}"}
+        if pool["free"] < count:
+            in_use = pool["total"] - pool["free"]
+            return {"code": "licence_exhausted", "licence": name,
+                    "reason": f"licence {name} exhausted ({in_use} of {pool['total']} in use, "
+                              f"needs {count})"}
+    return None
 
 
 # --- reads --------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from shared.config import Settings, settings_from_mapping
 from shared.contracts import NegotiatorRpc, RegistryRpc
 from shared.db import Store, create_db_engine
 from shared.errors import EXPECTED_EXCEPTIONS, CorralError, InvalidSpec, NotFound, StaleLease
-from shared.spec import validate_job_spec
+from shared.spec import JobPlan, validate_job_spec
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,9 @@ class Dispatcher:
         self._served_clock = 0.0
         # host -> {"totals": amounts, "free": amounts}, from the negotiator's host_changed events.
         self.hosts: dict[str, dict[str, Amounts]] = {}
+        # licence -> {"total", "free"} from the licence service's licence_changed events and
+        # list_pools; None until it has answered (tasks needing licences wait until then).
+        self.licences: dict[str, dict[str, int]] | None = None
 
     def set_host(self, host: str, totals: dict[str, Any], free: dict[str, Any]) -> bool:
         """Record a host's amounts; True when it has more room than before (or is new)."""
@@ -67,6 +70,19 @@ class Dispatcher:
         self.hosts[host] = view = {"totals": _amounts(totals), "free": _amounts(free)}
         return before is None or any(now > was for now, was in zip(view["free"], before["free"],
                                                                    strict=True))
+
+    def set_licence(self, name: str, total: int, free: int) -> bool:
+        """Record a licence pool's tokens; True when more are free than before (or it is new)."""
+        if self.licences is None:
+            self.licences = {}
+        before = self.licences.get(name)
+        self.licences[name] = {"total": int(total), "free": int(free)}
+        return before is None or int(free) > before["free"]
+
+    def set_licences(self, pools: list[dict[str, Any]]) -> None:
+        """Replace the whole licence picture (a pool no longer listed was removed)."""
+        self.licences = {pool["name"]: {"total": int(pool["total"]), "free": int(pool["free"])}
+                         for pool in pools}
 
     def set_worker(self, worker_id: str, pool: str, bands: list[str], host: str = "") -> None:
         self.workers[worker_id] = IdleWorker(worker_id, pool, frozenset(bands), host)
@@ -93,7 +109,9 @@ class Dispatcher:
                                                     self.bands_high_first,
                                                     last_served=self.last_served,
                                                     host_free={host: view["free"] for host, view
-                                                               in self.hosts.items()})
+                                                               in self.hosts.items()},
+                                                    licence_free={name: pool["free"] for name, pool
+                                                                  in (self.licences or {}).items()})
                 if not plan:
                     continue
                 for release in plan:
@@ -169,6 +187,7 @@ class SchedulerService:
     dispatch = EventDispatcher()
     registry: RegistryRpc = ServiceRpc("registry")
     negotiator: NegotiatorRpc = ServiceRpc("resource_negotiator")
+    license: Any = ServiceRpc("license")
 
     def _emit(self, emitted: list[tuple[str, dict[str, Any]]]) -> None:
         for event_type, payload in emitted:
@@ -181,10 +200,33 @@ class SchedulerService:
         settings = self.core.settings
         plan = validate_job_spec(spec, settings.bands, max_env_bytes=settings.max_env_bytes,
                                  max_tasks=settings.max_tasks_per_job)
+        self._check_licences(plan)
         outcome = store_ops.submit_job(self.core.store, plan, settings.max_queued_per_user)
         self.core.request_release()
         self._emit(outcome.events)
         return outcome.reply
+
+    def _check_licences(self, plan: JobPlan) -> None:
+        """Refuse a job naming a licence no pool has; with the licence service silent, accept it
+        (its tasks wait, and `corral why` says so)."""
+        wanted = {name: task for task in plan.tasks for name in (task.licences or {})}
+        if not wanted:
+            return
+        try:
+            with eventlet.Timeout(self.core.settings.rpc_timeout_seconds):
+                pools = self.license.list_pools()
+        except (Exception, eventlet.Timeout) as exc:
+            log.warning("could not check licences %s with the licence service: %s",
+                        ", ".join(sorted(wanted)), exc)
+            return
+        self.core.set_licences(pools)
+        known = sorted(pool["name"] for pool in pools)
+        for name in sorted(wanted):
+            if name not in known:
+                raise InvalidSpec(
+                    f"licences.{name}: no licence pool named {name!r} (task {wanted[name].name}"
+                    f" needs it; pools: {', '.join(known) or 'none'}); add one with "
+                    f"`corral licences set {name} COUNT`")
 
     @rpc(expected_exceptions=EXPECTED_EXCEPTIONS)
     def get_job(self, job_id: int, task_limit: int = 1000, task_offset: int = 0) -> dict[str, Any]:
@@ -279,7 +321,7 @@ class SchedulerService:
     @rpc(expected_exceptions=EXPECTED_EXCEPTIONS)
     def why_task(self, task_id: int) -> dict[str, Any]:
         return store_ops.why_task(self.core.store, int(task_id), self.core.workers.values(),
-                                  self.core.hosts)
+                                  self.core.hosts, self.core.licences)
 
     # --- the worker's side of a task ------------------------------------------------------------
 
@@ -367,6 +409,22 @@ class SchedulerService:
         if self.core.set_host(payload["host"], payload["totals"], payload["free"]):
             self.core.request_release()
 
+    def _refresh_licences(self) -> None:
+        """Re-read every licence pool (events keep them current between)."""
+        try:
+            with eventlet.Timeout(self.core.settings.rpc_timeout_seconds):
+                pools = self.license.list_pools()
+        except (Exception, eventlet.Timeout) as exc:
+            # No licence service (or not yet): tasks needing licences wait; others are unaffected.
+            log.debug("no licence view from the licence service: %s", exc)
+            return
+        self.core.set_licences(pools)
+
+    @event_handler("license", events.LICENCE_CHANGED)
+    def handle_licence_changed(self, payload: dict[str, Any]) -> None:
+        if self.core.set_licence(payload["name"], payload["total"], payload["free"]):
+            self.core.request_release()
+
     @event_handler("registry", events.WORKER_LEFT)
     def handle_worker_left(self, payload: dict[str, Any]) -> None:
         self.core.drop_worker(payload["worker_id"])
@@ -400,6 +458,7 @@ class SchedulerService:
             log.warning("could not refresh workers from the registry: %s", exc)
             return
         self._refresh_hosts()
+        self._refresh_licences()
         live = {w["worker_id"] for w in workers}
         for worker in workers:
             self.core.set_worker(worker["worker_id"], worker["pool"], worker["bands"],

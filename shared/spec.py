@@ -22,6 +22,7 @@ from pydantic import (
 from shared.bands import Band, band_for_priority
 from shared.errors import InvalidSpec
 from shared.frames import Chunk, chunk_frames, parse_frame_range, substitute
+from shared.licences import parse_licence_needs
 from shared.resources import parse_size
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
@@ -66,6 +67,8 @@ class _Runnable(BaseModel):
     stall_timeout: StrictInt | StrictFloat | None = Field(default=None, gt=0)
     resources: ResourceSpec | None = None
     preferred: ResourceSpec | None = None
+    licences: Any = None
+    """{"houdini": 1} or ["houdini"]: licences held while the task runs (parse_licence_needs)."""
     retry: RetryPolicy | None = None
 
     @field_validator("command")
@@ -126,6 +129,7 @@ class JobSpec(BaseModel):
     resources: ResourceSpec | None = None
     """Minimum amounts each task needs; a task gets min(free, max(preferred, minimum))."""
     preferred: ResourceSpec | None = None
+    licences: Any = None
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
 
 
@@ -147,6 +151,8 @@ class TaskPlan:
     resources: dict[str, Any] | None = None
     """{"cores", "memory_mb", "gpus", "custom"}: the minimum; None asks for nothing."""
     preferred: dict[str, Any] | None = None
+    licences: dict[str, int] | None = None
+    """Licence name -> count, held while the task runs; None needs none."""
     memory_factor: float = 1.0
     pool: str | None = None
     """None: the job's pool."""
@@ -234,6 +240,12 @@ def _defaults(spec: JobSpec, item: _Runnable, path: str,
     stall = item.stall_timeout or spec.stall_timeout
     minimum = item.resources or spec.resources
     preferred = item.preferred or spec.preferred
+    if item.licences is not None:
+        licences = parse_licence_needs(item.licences, f"{path}.licences") or None
+    elif spec.licences is not None:
+        licences = parse_licence_needs(spec.licences, "licences") or None
+    else:
+        licences = None
     return {"shell": item.shell, "env": env, "cwd": item.cwd or spec.cwd,
             "pool": item.pool or spec.pool,
             "timeout": float(timeout) if timeout else None,
@@ -242,6 +254,7 @@ def _defaults(spec: JobSpec, item: _Runnable, path: str,
                                   else "resources"),
             "preferred": _amounts(preferred, f"{path}.preferred" if item.preferred
                                   else "preferred"),
+            "licences": licences,
             "memory_factor": float(retry.memory_factor),
             "max_attempts": retry.max_attempts, "retry_delay": float(retry.delay_seconds),
             "retry_exit_codes": (list(retry.on_exit_codes)

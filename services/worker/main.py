@@ -30,6 +30,10 @@ from shared.resources import HostTotals, detect_host_totals
 
 log = logging.getLogger("corral.worker")
 
+RESOURCES, LICENCES = "resources", "licences"
+Booking = asyncio.Task[dict[str, Any] | None]
+"""A reservation or licence lease being made: the grant, or None when refused."""
+
 
 class DrainMode(StrEnum):
     FINISH = "finish"          # the running task finishes, then the worker leaves
@@ -255,22 +259,20 @@ class Worker:
                 log.error("dropping a malformed message: %r", message.body[:200])
                 await _settle(message.ack())
                 continue
-            # A message that says what the task books lets the booking travel alongside the
-            # claim rather than after it; a stale claim gives the booking straight back.
-            booking = None
-            if body.get("resources") and self.negotiated:
-                booking = asyncio.create_task(self._reserve(task_id, attempt, body["resources"],
-                                                            body.get("preferred")))
+            # A message that says what the task books lets the bookings travel alongside the
+            # claim rather than after it; a stale claim gives them straight back.
+            bookings = self._book(task_id, attempt, body)
             claim = await self._claim(task_id, attempt)
             if claim is None or claim.get("status") != "claimed":
-                if booking is not None:
-                    asyncio.get_running_loop().create_task(self._give_back(booking))
+                if bookings:
+                    asyncio.get_running_loop().create_task(self._give_back(bookings))
                 await _settle(message.ack())  # duplicate or stale delivery: nothing to start
                 continue
             # The payload starts at once; consumers are cancelled and then the message acked
             # alongside (no second message can arrive while this one is unacknowledged).
             settle = asyncio.create_task(self._stop_consuming_then_ack(message))
-            await self._run(claim, booking)
+            # A message from an older scheduler may not say: then the claim's reply does.
+            await self._run(claim, bookings if body.keys() & {RESOURCES, LICENCES} else None)
             await settle
             if not self._draining.is_set():
                 await self._start_consuming()
@@ -283,40 +285,76 @@ class Worker:
         except RpcUnavailable:
             return None
 
-    def _reservation_id(self, task_id: int, attempt: int) -> str:
+    # --- what a task holds while it runs: a reservation on this host, licence leases ------------
+
+    def _booking_id(self, task_id: int, attempt: int) -> str:
         # The worker is part of the id: a duplicate delivery of the same attempt to another
-        # worker books (and gives back) its own reservation, never this one's.
+        # worker books (and gives back) its own, never what the running worker holds.
         return f"task {task_id} attempt {attempt} on {self.worker_id}"
 
-    async def _reserve(self, task_id: int, attempt: int, minimum: dict[str, Any],
-                       preferred: dict[str, Any] | None) -> dict[str, Any] | None:
-        """Book the task's resources on this host: the grant, or None when it does not fit.
-
-        Raises ServiceUnknown when the farm runs no negotiator (nothing is booked then).
-        """
-        try:
-            return await self._call(  # type: ignore[no-any-return]
+    def _book(self, task_id: int, attempt: int, wants: dict[str, Any]) -> dict[str, Booking]:
+        """Start booking what `wants` names ({"resources", "preferred", "licences"})."""
+        bookings: dict[str, Booking] = {}
+        booking_id = self._booking_id(task_id, attempt)
+        if wants.get("resources") and self.negotiated:
+            bookings[RESOURCES] = asyncio.create_task(self._call(
                 "resource_negotiator", "reserve", attempts=None, optional_service=True,
-                reservation_id=self._reservation_id(task_id, attempt), host=self.host,
-                worker_id=self.worker_id, task_id=task_id, attempt=attempt, minimum=minimum,
-                preferred=preferred)
-        except ServiceUnknown:
-            self.negotiated = False
-            raise
+                reservation_id=booking_id, host=self.host, worker_id=self.worker_id,
+                task_id=task_id, attempt=attempt, minimum=wants["resources"],
+                preferred=wants.get("preferred")))
+        if wants.get("licences"):
+            bookings[LICENCES] = asyncio.create_task(self._call(
+                "license", "acquire", attempts=None, optional_service=True, lease_id=booking_id,
+                task_id=task_id, attempt=attempt, worker_id=self.worker_id,
+                licences=wants["licences"]))
+        return bookings
 
-    async def _give_back(self, booking: asyncio.Task[dict[str, Any] | None]) -> None:
-        """Release what a booking got, for a task this worker will not run after all."""
-        try:
-            grant = await booking
-        except Exception as exc:  # nothing was booked, or the negotiator frees it on our exit
-            log.debug("no booking to give back: %s", exc)
-            return
-        if grant is not None:
-            await self._release(grant["id"])
-            log.info("gave back %s: the claim was refused", grant["id"])
+    async def _settle_bookings(self, bookings: dict[str, Booking]
+                               ) -> tuple[dict[str, dict[str, Any]], str | None]:
+        """What each booking got, and the reason the task cannot run here now (None: it can)."""
+        held: dict[str, dict[str, Any]] = {}
+        refused: str | None = None
+        for kind, booking in bookings.items():
+            try:
+                got = await booking
+            except ServiceUnknown:
+                if kind == RESOURCES:
+                    self.negotiated = False  # a farm without a negotiator: nothing to book
+                    log.warning("no resource negotiator on this farm: resources not reserved")
+                else:
+                    refused = refused or "no licence service is running on this farm"
+                continue
+            except Exception as exc:  # a refusal naming bad input, or the service failing
+                refused = refused or f"could not book {kind}: {exc}"
+                continue
+            if got is None:
+                refused = refused or f"{kind} refused"
+            else:
+                held[kind] = got
+        return held, refused
+
+    async def _give_back(self, bookings: dict[str, Booking]) -> None:
+        """Release what bookings got, for a task this worker will not run after all."""
+        held, _ = await self._settle_bookings(bookings)
+        await self._release_all(held)
+        if held:
+            log.info("gave back %s: the claim was refused",
+                     ", ".join(h["id"] for h in held.values()))
+
+    async def _release_all(self, held: dict[str, dict[str, Any]]) -> None:
+        """Give back now; the services also free what an ended attempt or a lost worker held."""
+        for kind, got in held.items():
+            service, argument = (("resource_negotiator", "reservation_id") if kind == RESOURCES
+                                 else ("license", "lease_id"))
+            try:
+                await self._call(service, "release", attempts=5, optional_service=True,
+                                 **{argument: got["id"]})
+            except (RpcUnavailable, ServiceUnknown) as exc:
+                log.warning("could not release %s (%s will on the task's end): %s", got["id"],
+                            service, exc)
 
     async def _run(self, claim: dict[str, Any],
-                   booking: asyncio.Task[dict[str, Any] | None] | None = None) -> None:
+                   bookings: dict[str, Booking] | None = None) -> None:
         storage = self.settings.storage_root
         name = f"{claim['task_id']}.{claim['attempt']}"
         run = TaskRun(task_id=claim["task_id"], job_id=claim["job_id"], attempt=claim["attempt"],
@@ -329,29 +367,22 @@ class Worker:
                       cores=(claim.get("resources") or {}).get("cores") or None,
                       log_path=storage / "logs" / str(claim["job_id"]) / f"{name}.log",
                       result_path=storage / "results" / str(claim["job_id"]) / f"{name}.json")
-        if booking is None and claim.get("resources") and self.negotiated:
+        if bookings is None:
             # A message that did not say what to book (published by an older scheduler).
-            booking = asyncio.create_task(self._reserve(
-                claim["task_id"], claim["attempt"], claim["resources"], claim.get("preferred")))
-        grant: dict[str, Any] | None = None
-        if booking is not None:
-            try:
-                grant = await booking
-            except ServiceUnknown:
-                pass
-            else:
-                if grant is None:
-                    wanted = claim["resources"]
-                    await self._report(
-                        "hand_back_task", task_id=claim["task_id"],
-                        lease_token=claim["lease_token"],
-                        reason=f"no room on {self.host} for {wanted['cores']:g} cores / "
-                               f"{wanted['memory_mb']} MB / {wanted['gpus']} GPUs",
-                        delay_seconds=self.settings.heartbeat_seconds)
-                    return
-                granted = grant["resources"]
-                run.cores, run.memory_limit_mb = granted["cores"], granted["memory_mb"] or None
-                run.gpu_indices = tuple(grant["gpu_indices"])
+            bookings = self._book(claim["task_id"], claim["attempt"], claim)
+        held, refused = await self._settle_bookings(bookings)
+        if refused is not None:
+            await self._release_all(held)
+            await self._report("hand_back_task", task_id=claim["task_id"],
+                               lease_token=claim["lease_token"],
+                               reason=self._refusal(claim, refused),
+                               delay_seconds=self.settings.heartbeat_seconds)
+            return
+        grant = held.get(RESOURCES)
+        if grant is not None:
+            granted = grant["resources"]
+            run.cores, run.memory_limit_mb = granted["cores"], granted["memory_mb"] or None
+            run.gpu_indices = tuple(grant["gpu_indices"])
         self.current = run
         self._lease_token = claim["lease_token"]
         renewals = asyncio.create_task(self._renew_loop(run, claim["lease_token"]))
@@ -360,8 +391,8 @@ class Worker:
         finally:
             renewals.cancel()
             self.current = None
-            if grant is not None:
-                asyncio.get_running_loop().create_task(self._release(grant["id"]))
+            if held:
+                asyncio.get_running_loop().create_task(self._release_all(held))
         self.tasks_run += 1
         if run._kill_reason and run._kill_reason.startswith("handed back"):
             await self._report("hand_back_task", task_id=run.task_id,
@@ -399,14 +430,17 @@ class Worker:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
-    async def _release(self, reservation_id: str) -> None:
-        """Give the host's resources back now; the negotiator also frees them on task events."""
-        try:
-            await self._call("resource_negotiator", "release", attempts=5, optional_service=True,
-                             reservation_id=reservation_id)
-        except RpcUnavailable as exc:
-            log.warning("could not release %s (the negotiator will on the task's end): %s",
-                        reservation_id, exc)
+    def _refusal(self, claim: dict[str, Any], refused: str) -> str:
+        """The hand-back reason a person reads in the task's attempts."""
+        if refused == f"{RESOURCES} refused":
+            wanted = claim["resources"]
+            return (f"no room on {self.host} for {wanted['cores']:g} cores / "
+                    f"{wanted['memory_mb']} MB / {wanted['gpus']} GPUs")
+        if refused == f"{LICENCES} refused":
+            wanted = ", ".join(f"{count} {name}" for name, count
+                               in sorted((claim.get("licences") or {}).items()))
+            return f"licences not free: {wanted}"
+        return refused
 
     def _payload_env(self) -> dict[str, str]:
         env = dict(os.environ)
