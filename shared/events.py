@@ -15,3 +15,4 @@ WORKER_LOST: Final = "worker_lost"
 TASK_CANCELLED: Final = "task_cancelled"
 
 HOST_CHANGED: Final = "host_changed"
+LICENCE_CHANGED: Final = "licence_changed"
