@@ -239,15 +239,15 @@ class LicenseService:
             try:
                 counts = read_status(command)
             except RuntimeError as exc:
-                log.warning("licence status command %s %s; the pools %s keep their last counts",
+                log.warning("licence status command %s %s; keeping the last counts of %s",
                             " ".join(command.argv), exc,
                             ", ".join(name for name, _ in command.pools))
                 continue
             for name, feature in command.pools:
                 count = counts.get(feature)
                 if count is None:
-                    log.warning("licence status command %s reported no count of %s; the pool %s "
-                                "keeps its last counts", " ".join(command.argv), feature, name)
+                    log.warning("licence status command %s reported no count of %s; keeping "
+                                "the last counts of %s", " ".join(command.argv), feature, name)
                     continue
                 self._record(name, count, command.source)
 
