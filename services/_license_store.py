@@ -19,8 +19,8 @@ what is no longer held does nothing.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
-from typing import Any, Final
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Final, TypeVar
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
@@ -30,6 +30,8 @@ from sqlmodel import Field, SQLModel, col
 from shared.db import Store
 from shared.errors import InvalidSpec, InvalidState, NotFound
 from shared.licences import check_licence_name
+
+_T = TypeVar("_T")
 
 SOURCES: Final = ("manual", "flexlm", "rlm")
 # The scheduler's task states after which no attempt of the task runs again (TaskState values).
@@ -112,9 +114,10 @@ def _free(pool: LicencePoolRecord, in_use: int) -> int:
 
 
 def _pool_dict(pool: LicencePoolRecord, leases: Iterable[LicenceLeaseRecord]) -> dict[str, Any]:
-    holders = [{"lease_id": lease.id, "task_id": lease.task_id, "attempt": lease.attempt,
-                "worker_id": lease.worker_id, "count": _holdings(lease)[pool.name]}
-               for lease in leases if pool.name in _holdings(lease)]
+    holders: list[dict[str, Any]] = [
+        {"lease_id": lease.id, "task_id": lease.task_id, "attempt": lease.attempt,
+         "worker_id": lease.worker_id, "count": _holdings(lease)[pool.name]}
+        for lease in leases if pool.name in _holdings(lease)]
     in_use = sum(holder["count"] for holder in holders)
     return {"name": pool.name, "total": pool.total, "in_use": in_use,
             "external_in_use": pool.external_in_use, "free": _free(pool, in_use),
@@ -138,6 +141,18 @@ def _lock_pools(session: Session, names: Iterable[str]) -> dict[str, LicencePool
     return {pool.name: pool for pool in found}
 
 
+def _once_more_on_conflict(change: Callable[[], _T]) -> _T:
+    """change(), run again if its insert of a new pool met the same pool inserted meanwhile.
+
+    Row locks cannot keep out a row that does not exist yet: two processes may both find a pool
+    missing and insert it. The loser's second run finds it and changes it instead.
+    """
+    try:
+        return change()
+    except IntegrityError:
+        return change()
+
+
 # --- pools ----------------------------------------------------------------------------------------
 
 def set_pool(store: Store, name: str, total: int, source: str = "manual") -> dict[str, Any]:
@@ -150,18 +165,22 @@ def set_pool(store: Store, name: str, total: int, source: str = "manual") -> dic
     check_licence_name(name, "name")
     _whole(total, "total", 0)
     _source(source)
-    with store.write() as session:
-        now = store.now(session)
-        pool = _lock_pools(session, [name]).get(name)
-        if pool is None:
-            pool = LicencePoolRecord(name=name, total=total, source=source, updated_at=now)
-            session.add(pool)
-        else:
-            pool.total, pool.source, pool.updated_at = total, source, now
-        if source == "manual":
-            pool.external_in_use = 0
-        session.flush()
-        return _pool_dict(pool, _leases(session))
+
+    def change() -> dict[str, Any]:
+        with store.write() as session:
+            now = store.now(session)
+            pool = _lock_pools(session, [name]).get(name)
+            if pool is None:
+                pool = LicencePoolRecord(name=name, total=total, source=source, updated_at=now)
+                session.add(pool)
+            else:
+                pool.total, pool.source, pool.updated_at = total, source, now
+            if source == "manual":
+                pool.external_in_use = 0
+            session.flush()
+            return _pool_dict(pool, _leases(session))
+
+    return _once_more_on_conflict(change)
 
 
 def ensure_pool(store: Store, name: str, total: int, source: str = "manual") -> bool:
@@ -169,12 +188,16 @@ def ensure_pool(store: Store, name: str, total: int, source: str = "manual") -> 
     check_licence_name(name, "name")
     _whole(total, "total", 0)
     _source(source)
-    with store.write() as session:
-        if _lock_pools(session, [name]):
-            return False
-        session.add(LicencePoolRecord(name=name, total=total, source=source,
-                                      updated_at=store.now(session)))
-        return True
+
+    def change() -> bool:
+        with store.write() as session:
+            if _lock_pools(session, [name]):
+                return False
+            session.add(LicencePoolRecord(name=name, total=total, source=source,
+                                          updated_at=store.now(session)))
+            return True
+
+    return _once_more_on_conflict(change)
 
 
 def remove_pool(store: Store, name: str) -> dict[str, Any] | None:
@@ -207,18 +230,22 @@ def record_sync(store: Store, name: str, issued: int, in_use: int, source: str) 
     _whole(issued, "issued", 0)
     _whole(in_use, "in_use", 0)
     _source(source)
-    with store.write() as session:
-        now = store.now(session)
-        pool = _lock_pools(session, [name]).get(name)
-        if pool is None:
-            pool = LicencePoolRecord(name=name, total=issued, updated_at=now)
-            session.add(pool)
-        leases = _leases(session)
-        held = _in_use(leases).get(name, 0)
-        pool.total, pool.external_in_use = issued, max(0, in_use - held)
-        pool.source, pool.synced_at, pool.updated_at = source, now, now
-        session.flush()
-        return _pool_dict(pool, leases)
+
+    def change() -> dict[str, Any]:
+        with store.write() as session:
+            now = store.now(session)
+            pool = _lock_pools(session, [name]).get(name)
+            if pool is None:
+                pool = LicencePoolRecord(name=name, total=issued, updated_at=now)
+                session.add(pool)
+            leases = _leases(session)
+            held = _in_use(leases).get(name, 0)
+            pool.total, pool.external_in_use = issued, max(0, in_use - held)
+            pool.source, pool.synced_at, pool.updated_at = source, now, now
+            session.flush()
+            return _pool_dict(pool, leases)
+
+    return _once_more_on_conflict(change)
 
 
 # --- leases ---------------------------------------------------------------------------------------

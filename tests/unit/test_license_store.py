@@ -222,6 +222,24 @@ def test_ensure_pool_creates_a_missing_pool_and_keeps_an_existing_count(
     assert ops.pool_view(licence_store, "houdini")["total"] == 8
 
 
+def test_pool_another_process_created_meanwhile_is_changed_instead(
+        licence_store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    ops.set_pool(licence_store, "houdini", 2)
+    looked = ops._lock_pools
+    calls: list[Any] = []
+
+    def missing_at_first_look(session: Any, names: Any) -> Any:
+        # As if another process inserted the pool between our look and our insert.
+        calls.append(names)
+        return {} if len(calls) in (1, 3, 5) else looked(session, names)
+
+    monkeypatch.setattr(ops, "_lock_pools", missing_at_first_look)
+    assert ops.set_pool(licence_store, "houdini", 5)["total"] == 5
+    assert ops.ensure_pool(licence_store, "houdini", 9) is False
+    assert ops.record_sync(licence_store, "houdini", 7, 0, "flexlm")["total"] == 7
+    assert len(calls) == 6
+
+
 @pytest.mark.parametrize(("name", "total", "source", "complaint"), [
     ("houdini", -1, "manual", "^total: must be a whole number >= 0, got -1"),
     ("houdini", 1.5, "manual", "^total: must be a whole number >= 0, got 1.5"),
