@@ -533,6 +533,59 @@ def hosts(config: Path | None = ConfigOption, as_json: bool = JsonOption) -> Non
     console.print(table)
 
 
+licences_app = typer.Typer(help="Licence pools: list them, set a pool's count, remove one.")
+app.add_typer(licences_app, name="licences")
+
+
+@licences_app.callback(invoke_without_command=True)
+def licences(ctx: typer.Context, config: Path | None = ConfigOption,
+             as_json: bool = JsonOption) -> None:
+    """Each licence pool: its total, what Corral's tasks hold, what is used outside Corral, and free."""
+    if ctx.invoked_subcommand is not None:
+        return
+    with rpc_client(_settings(config)) as rpc:
+        listing = rpc.license.list_pools()
+    if as_json:
+        _print_json(listing)
+        return
+    table = Table("licence", "total", "in use", "external", "free", "source", "synced")
+    for pool in listing:
+        table.add_row(pool["name"], str(pool["total"]), str(pool["in_use"]),
+                      str(pool["external_in_use"]), str(pool["free"]), pool["source"],
+                      _ago(pool["synced_at"]))
+    console.print(table)
+
+
+@licences_app.command("set")
+def licences_set(name: str = typer.Argument(..., metavar="NAME"),
+                 count: int = typer.Argument(..., metavar="COUNT"),
+                 config: Path | None = ConfigOption, as_json: bool = JsonOption) -> None:
+    """Create a licence pool of COUNT tokens, or change its count (running leases are kept)."""
+    with rpc_client(_settings(config)) as rpc:
+        try:
+            pool = rpc.license.set_pool(name, count)
+        except CorralError as exc:
+            _fail(exc)
+    if as_json:
+        _print_json(pool)
+    else:
+        console.print(f"{pool['name']}: {pool['total']} ({pool['free']} free)")
+
+
+@licences_app.command("remove")
+def licences_remove(name: str = typer.Argument(..., metavar="NAME"),
+                    config: Path | None = ConfigOption) -> None:
+    """Remove a licence pool nobody holds (one declared in the config comes back at restart)."""
+    with rpc_client(_settings(config)) as rpc:
+        try:
+            removed = rpc.license.remove_pool(name)
+        except CorralError as exc:
+            _fail(exc)
+    if removed is None:
+        _fail(ValueError(f"there is no licence pool named {name!r}"))
+    console.print(f"{name}: removed")
+
+
 @app.command()
 def status(config: Path | None = ConfigOption, as_json: bool = JsonOption) -> None:
     """The farm at a glance: workers by state, queue depths, services."""

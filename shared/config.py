@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from shared.bands import Band, parse_bands
 from shared.errors import ConfigError
+from shared.licences import LICENCE_NAME
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "deploy" / "config.yaml"
 CONFIG_ENV_VAR = "CORRAL_CONFIG"
@@ -46,6 +47,44 @@ def _resolve(node: Any, environ: Mapping[str, str]) -> Any:
     return node
 
 
+class LicencePoolConfig(BaseModel):
+    """One licence pool declared in the config: a fixed count, or a licence server to follow.
+
+    `flexlm` or `rlm` is the argv of a status command (`[lmutil, lmstat, -a, -c, 27000@server]`,
+    `[rlmutil, rlmstat, -a, -c, 5053@server]`), run without a shell every `interval` seconds and
+    given `timeout` seconds; the pool then follows that server's count of `feature` (by default
+    the pool's own name). `count` is the total until the first reading (or for good, without a
+    command).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    count: int | None = Field(default=None, ge=0, strict=True)
+    flexlm: tuple[str, ...] | None = Field(default=None, min_length=1)
+    rlm: tuple[str, ...] | None = Field(default=None, min_length=1)
+    feature: str | None = Field(default=None, min_length=1)
+    interval: float = Field(default=30, gt=0)
+    timeout: float = Field(default=20, gt=0)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> LicencePoolConfig:
+        if self.flexlm is not None and self.rlm is not None:
+            raise ValueError("give a flexlm or an rlm command, not both")
+        if self.count is None and self.command is None:
+            raise ValueError("give a count, or a flexlm or rlm command to read it from")
+        return self
+
+    @property
+    def command(self) -> tuple[str, ...] | None:
+        """The status command's argv, or None when the count is fixed."""
+        return self.flexlm if self.flexlm is not None else self.rlm
+
+    @property
+    def source(self) -> str:
+        """Where the pool's total comes from: "flexlm", "rlm" or "manual"."""
+        return "flexlm" if self.flexlm is not None else "rlm" if self.rlm is not None else "manual"
+
+
 class Settings(BaseModel):
     """Everything a Corral process needs to know, read once at start."""
 
@@ -57,6 +96,7 @@ class Settings(BaseModel):
     scheduler_db: str
     registry_db: str
     negotiator_db: str
+    licence_db: str
     bands: tuple[Band, ...]
     lease_seconds: float = Field(gt=0)
     heartbeat_seconds: float = Field(gt=0)
@@ -68,6 +108,7 @@ class Settings(BaseModel):
     log_tail_bytes: int = Field(ge=0)
     max_queued_per_user: int = Field(gt=0)
     aging_seconds: float = Field(gt=0)
+    licences: dict[str, LicencePoolConfig] = Field(default_factory=dict)
 
     @field_validator("bands", mode="before")
     @classmethod
@@ -76,6 +117,25 @@ class Settings(BaseModel):
             return parse_bands(value)
         except ConfigError as exc:
             raise ValueError(str(exc)) from exc
+
+    @field_validator("licences", mode="before")
+    @classmethod
+    def _check_licence_names(cls, value: Any) -> Any:
+        if value is None or value == "":  # `licences:` left empty, or its variable unset
+            return {}
+        if isinstance(value, Mapping):
+            for name in value:
+                if not isinstance(name, str) or not LICENCE_NAME.fullmatch(name):
+                    raise ValueError(f"{name!r} is not a licence name (a letter or digit, then "
+                                     "up to 63 letters, digits or _.+-)")
+        return value
+
+    @field_validator("licences", mode="after")
+    @classmethod
+    def _feature_defaults_to_the_pool_name(
+            cls, value: dict[str, LicencePoolConfig]) -> dict[str, LicencePoolConfig]:
+        return {name: pool if pool.feature is not None else pool.model_copy(update={"feature": name})
+                for name, pool in value.items()}
 
     @model_validator(mode="after")
     def _heartbeat_fits_in_lease(self) -> Settings:
@@ -109,6 +169,7 @@ def settings_from_mapping(raw: Mapping[str, Any], base_dir: Path | None = None) 
         "scheduler_db": databases.pop("scheduler", "") or f"sqlite:///{data_dir / 'scheduler.db'}",
         "registry_db": databases.pop("registry", "") or f"sqlite:///{data_dir / 'registry.db'}",
         "negotiator_db": databases.pop("negotiator", "") or f"sqlite:///{data_dir / 'negotiator.db'}",
+        "licence_db": databases.pop("licence", "") or f"sqlite:///{data_dir / 'licence.db'}",
     }
     if databases:
         raise ConfigError(f"CORRAL.databases: unknown service {sorted(databases)[0]!r}")

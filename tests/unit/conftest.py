@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from services._license_store import LicenceTable
 from services._negotiator_store import NegotiatorTable
 from services._registry_store import RegistryTable
 from services._scheduler_store import SchedulerTable
@@ -42,5 +43,12 @@ def registry_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[S
 @pytest.fixture(params=["sqlite", "postgresql"])
 def negotiator_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     store = _store(request, tmp_path, NegotiatorTable.metadata, "negotiator")
+    yield store
+    store.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def licence_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    store = _store(request, tmp_path, LicenceTable.metadata, "licence")
     yield store
     store.dispose()

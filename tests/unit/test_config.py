@@ -48,3 +48,59 @@ def test_negotiator_database_comes_from_its_own_variable() -> None:
         "CORRAL_NEGOTIATOR_DB": "postgresql://db/corral_negotiator"})
     assert settings.negotiator_db == "postgresql://db/corral_negotiator"
     assert settings.registry_db.startswith("sqlite:///")
+
+
+def test_licence_database_comes_from_its_own_variable_or_is_a_file_in_data_dir() -> None:
+    settings = load_settings(DEFAULT_CONFIG_PATH, environ={"CORRAL_DATA_DIR": "/srv/corral"})
+    assert settings.licence_db == "sqlite:////srv/corral/licence.db"
+    settings = load_settings(DEFAULT_CONFIG_PATH, environ={
+        "CORRAL_LICENCE_DB": "postgresql://db/corral_licence"})
+    assert settings.licence_db == "postgresql://db/corral_licence"
+
+
+def test_shipped_config_declares_no_licence_pools() -> None:
+    assert load_settings(DEFAULT_CONFIG_PATH, environ={}).licences == {}
+
+
+def test_licence_pools_are_read_with_their_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("CORRAL:\n"
+                    "  licences:\n"
+                    "    houdini: {count: 5}\n"
+                    "    nuke: {flexlm: [lmutil, lmstat, -a, -c, 27000@licserver], feature: nuke_i}\n"
+                    "    katana: {rlm: [rlmutil, rlmstat, -a], interval: 60, timeout: 5, count: 2}\n")
+    pools = load_settings(path, environ={}).licences
+    assert (pools["houdini"].count, pools["houdini"].source, pools["houdini"].command,
+            pools["houdini"].feature) == (5, "manual", None, "houdini")
+    assert pools["nuke"].command == ("lmutil", "lmstat", "-a", "-c", "27000@licserver")
+    assert (pools["nuke"].source, pools["nuke"].feature, pools["nuke"].interval,
+            pools["nuke"].timeout, pools["nuke"].count) == ("flexlm", "nuke_i", 30, 20, None)
+    assert (pools["katana"].source, pools["katana"].feature, pools["katana"].interval,
+            pools["katana"].count) == ("rlm", "katana", 60, 2)
+
+
+def test_licence_pools_can_come_from_their_variable_as_yaml() -> None:
+    settings = load_settings(DEFAULT_CONFIG_PATH, environ={
+        "CORRAL_LICENCES": "{houdini: {count: 3}, nuke: {rlm: [rlmutil, rlmstat, -a]}}"})
+    assert sorted(settings.licences) == ["houdini", "nuke"]
+    assert settings.licences["houdini"].count == 3
+
+
+@pytest.mark.parametrize(("pools", "complaint"), [
+    ("{houdini: {count: -1}}", r"CORRAL\.licences\.houdini\.count: "),
+    ("{houdini: {count: yes}}", r"CORRAL\.licences\.houdini\.count: "),
+    ("{houdini: {}}", r"CORRAL\.licences\.houdini: .*give a count"),
+    ("{houdini: {count: 2, colour: red}}", r"CORRAL\.licences\.houdini\.colour: "),
+    ("{nuke: {flexlm: [lmutil], rlm: [rlmutil]}}", r"CORRAL\.licences\.nuke: .*not both"),
+    ("{nuke: {flexlm: []}}", r"CORRAL\.licences\.nuke\.flexlm: "),
+    ("{nuke: {flexlm: lmutil lmstat}}", r"CORRAL\.licences\.nuke\.flexlm: "),
+    ("{nuke: {rlm: [rlmutil], interval: 0}}", r"CORRAL\.licences\.nuke\.interval: "),
+    ("{'two words': {count: 1}}", r"CORRAL\.licences: .*'two words' is not a licence name"),
+    ("[houdini]", r"CORRAL\.licences: "),
+])
+def test_bad_licence_pool_is_refused_naming_the_pool_and_field(tmp_path: Path, pools: str,
+                                                               complaint: str) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(f"CORRAL:\n  licences: {pools}\n")
+    with pytest.raises(ConfigError, match=complaint):
+        load_settings(path, environ={})

@@ -4,10 +4,11 @@ import inspect
 
 import pytest
 
+from services.license import LicenseService
 from services.registry import RegistryService
 from services.resource_negotiator import ResourceNegotiatorService
 from services.scheduler import SchedulerService
-from shared.contracts import NegotiatorRpc, RegistryRpc, SchedulerRpc
+from shared.contracts import LicenseRpc, NegotiatorRpc, RegistryRpc, SchedulerRpc
 
 
 def rpc_methods(service: type) -> dict[str, inspect.Signature]:
@@ -27,7 +28,8 @@ def protocol_methods(protocol: type) -> dict[str, inspect.Signature]:
 
 @pytest.mark.parametrize(("service", "protocol"), [(SchedulerService, SchedulerRpc),
                                                    (RegistryService, RegistryRpc),
-                                                   (ResourceNegotiatorService, NegotiatorRpc)])
+                                                   (ResourceNegotiatorService, NegotiatorRpc),
+                                                   (LicenseService, LicenseRpc)])
 def test_protocol_lists_every_rpc_method_with_the_same_parameters(service, protocol) -> None:
     served, promised = rpc_methods(service), protocol_methods(protocol)
     assert sorted(served) == sorted(promised)

@@ -1,0 +1,271 @@
+"""The license service: owns the studio's licence pools and every lease held against them.
+
+Run it with `nameko run --config deploy/config.yaml services.license`. The class is a thin adapter
+over services._license_store, where the check and the booking of a lease share one transaction
+(which is also why a restart needs no rebuild). Pools declared in the config are created when the
+service starts; those with a FlexLM or RLM status command follow their licence server.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import subprocess
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import eventlet
+from nameko import config
+from nameko.events import EventDispatcher, event_handler
+from nameko.extensions import DependencyProvider
+from nameko.rpc import ServiceRpc, rpc
+from nameko.timer import timer
+
+from services import _license_store as store_ops
+from shared import events
+from shared.config import Settings, settings_from_mapping
+from shared.contracts import RegistryRpc, SchedulerRpc
+from shared.db import Store, create_db_engine
+from shared.errors import EXPECTED_EXCEPTIONS, NotFound
+from shared.licences import LicenceCount, parse_licence_needs, parse_lmstat, parse_rlmstat
+
+log = logging.getLogger(__name__)
+
+PARSERS = {"flexlm": parse_lmstat, "rlm": parse_rlmstat}
+
+
+@dataclass(frozen=True)
+class StatusCommand:
+    """One licence server's status command and the pools (name, feature) that read its output."""
+
+    source: str  # "flexlm" or "rlm"
+    argv: tuple[str, ...]
+    timeout: float
+    interval: float
+    pools: tuple[tuple[str, str], ...]
+
+
+def status_commands(settings: Settings) -> list[StatusCommand]:
+    """The configured pools that follow a licence server, one command per server run."""
+    grouped: dict[tuple[str, tuple[str, ...], float, float], list[tuple[str, str]]] = {}
+    for name, pool in sorted(settings.licences.items()):
+        if pool.command is not None:
+            # Pools read from the same command share one run of it.
+            key = (pool.source, pool.command, pool.timeout, pool.interval)
+            grouped.setdefault(key, []).append((name, pool.feature or name))
+    return [StatusCommand(source, argv, timeout, interval, tuple(pools))
+            for (source, argv, timeout, interval), pools in grouped.items()]
+
+
+def read_status(command: StatusCommand) -> dict[str, LicenceCount]:
+    """Run a status command (no shell) and parse its output; RuntimeError says why it failed."""
+    try:
+        done = subprocess.run(list(command.argv), capture_output=True, timeout=command.timeout,
+                              stdin=subprocess.DEVNULL, check=False)
+    except OSError as exc:
+        raise RuntimeError(f"could not be run: {exc}") from None
+    except Exception as exc:
+        # Its time-out: under eventlet the green Popen raises the TimeoutExpired of another copy
+        # of the subprocess module, so `except subprocess.TimeoutExpired` would not catch it.
+        raise RuntimeError(f"failed: {exc}") from None
+    output = done.stdout.decode(errors="replace")
+    if done.returncode != 0:
+        tail = (done.stderr.decode(errors="replace") or output).strip()[-300:]
+        raise RuntimeError(f"exited with {done.returncode}: {tail}")
+    return PARSERS[command.source](output)
+
+
+class LicenceState:
+    """What every license worker shares: settings, the store and when each server is next read."""
+
+    def __init__(self, settings: Settings, store: Store) -> None:
+        self.settings = settings
+        self.store = store
+        self.commands = status_commands(settings)
+        self.next_read = [0.0] * len(self.commands)  # time.monotonic() at which each is due
+
+    def due_commands(self) -> list[StatusCommand]:
+        """The status commands whose interval has passed, each then scheduled for its next."""
+        now = time.monotonic()
+        due = []
+        for index, command in enumerate(self.commands):
+            if now >= self.next_read[index]:
+                self.next_read[index] = now + command.interval
+                due.append(command)
+        return due
+
+
+class LicenceCore(DependencyProvider):
+    def setup(self) -> None:
+        settings = settings_from_mapping(config)
+        store = Store(create_db_engine(settings.licence_db), store_ops.LicenceTable.metadata)
+        store.create_schema()
+        for name, pool in sorted(settings.licences.items()):
+            # Only a missing pool: a count changed since (by hand or by a sync) is kept.
+            if store_ops.ensure_pool(store, name, pool.count or 0, pool.source):
+                log.info("created licence pool %s with %s", name, pool.count or 0)
+        self.state = LicenceState(settings, store)
+
+    def stop(self) -> None:
+        self.state.store.dispose()
+
+    def get_dependency(self, worker_ctx: Any) -> LicenceState:
+        return self.state
+
+
+class LicenseService:
+    """RPC `license`: licence pools, and leases of their tokens for task attempts."""
+
+    name = "license"
+
+    core: LicenceState = LicenceCore()
+    registry: RegistryRpc = ServiceRpc("registry")
+    scheduler: SchedulerRpc = ServiceRpc("scheduler")
+    dispatch = EventDispatcher()
+
+    def _changed(self, names: Iterable[str]) -> None:
+        """Tell the scheduler what each named pool now has free, so it releases what fits."""
+        wanted = set(names)
+        if not wanted:
+            return
+        views = {view["name"]: view for view in store_ops.pools(self.core.store)}
+        for name in sorted(wanted):
+            view = views.get(name, {"total": 0, "free": 0})  # a removed pool has nothing
+            self.dispatch(events.LICENCE_CHANGED, {"name": name, "total": view["total"],
+                                                   "free": view["free"]})
+
+    @rpc(expected_exceptions=EXPECTED_EXCEPTIONS)
+    def set_pool(self, name: str, total: int) -> dict[str, Any]:
+        view = store_ops.set_pool(self.core.store, name, total)
+        self._changed([view["name"]])
+        return view
+
+    @rpc(expected_exceptions=EXPECTED_EXCEPTIONS)
+    def remove_pool(self, name: str) -> dict[str, Any] | None:
+        removed = store_ops.remove_pool(self.core.store, str(name))
+        if removed is not None:
+            self._changed([removed["name"]])
+        return removed
+
+    @rpc(expected_exceptions=EXPECTED_EXCEPTIONS)
+    def list_pools(self) -> list[dict[str, Any]]:
+        return store_ops.pools(self.core.store)
+
+    @rpc(expected_exceptions=EXPECTED_EXCEPTIONS)
+    def get_pool(self, name: str) -> dict[str, Any]:
+        return store_ops.pool_view(self.core.store, str(name))
+
+    @rpc(expected_exceptions=EXPECTED_EXCEPTIONS)
+    def acquire(self, lease_id: str, task_id: int, attempt: int, worker_id: str,
+                licences: dict[str, int]) -> dict[str, Any] | None:
+        wanted = parse_licence_needs(licences, "licences")
+        lease = store_ops.acquire(self.core.store, str(lease_id), int(task_id), int(attempt),
+                                  str(worker_id), wanted)
+        if lease is not None:
+            self._changed(lease["licences"])
+        return lease
+
+    @rpc(expected_exceptions=EXPECTED_EXCEPTIONS)
+    def release(self, lease_id: str) -> dict[str, Any] | None:
+        released = store_ops.release(self.core.store, str(lease_id))
+        if released is not None:
+            self._changed(released["licences"])
+        return released
+
+    @rpc(expected_exceptions=EXPECTED_EXCEPTIONS)
+    def release_for_worker(self, worker_id: str) -> list[dict[str, Any]]:
+        released = store_ops.release_for_worker(self.core.store, str(worker_id))
+        self._changed(name for lease in released for name in lease["licences"])
+        return released
+
+    # --- holders that are gone ------------------------------------------------------------------
+
+    def _released(self, released: list[dict[str, Any]], why: str) -> None:
+        for lease in released:
+            log.info("released licence lease %s (%s): %s", lease["id"],
+                     ", ".join(f"{name} x{count}" for name, count in lease["licences"].items()),
+                     why)
+        self._changed(name for lease in released for name in lease["licences"])
+
+    @event_handler("registry", events.WORKER_LOST)
+    def handle_worker_lost(self, payload: dict[str, Any]) -> None:
+        self._released(store_ops.release_for_worker(self.core.store, payload["worker_id"]),
+                       f"worker {payload['worker_id']} was lost")
+
+    @event_handler("registry", events.WORKER_LEFT)
+    def handle_worker_left(self, payload: dict[str, Any]) -> None:
+        self._released(store_ops.release_for_worker(self.core.store, payload["worker_id"]),
+                       f"worker {payload['worker_id']} left")
+
+    @event_handler("scheduler", events.TASK_FINISHED)
+    def handle_task_finished(self, payload: dict[str, Any]) -> None:
+        self._released(store_ops.release_for_task(self.core.store, int(payload["task_id"]),
+                                                  int(payload["attempt"])),
+                       f"task {payload['task_id']} finished")
+
+    @event_handler("scheduler", events.TASK_FAILED)
+    def handle_task_failed(self, payload: dict[str, Any]) -> None:
+        self._released(store_ops.release_for_task(self.core.store, int(payload["task_id"]),
+                                                  int(payload["attempt"])),
+                       f"task {payload['task_id']} failed")
+
+    @event_handler("scheduler", events.TASK_CANCELLED)
+    def handle_task_cancelled(self, payload: dict[str, Any]) -> None:
+        task_id = int(payload["task_id"])
+        task: dict[str, Any] | None
+        try:
+            # The event names no attempt: the scheduler says which one is current.
+            with eventlet.Timeout(self.core.settings.rpc_timeout_seconds):
+                task = self.scheduler.get_task(task_id)
+        except NotFound:
+            task = None
+        except (Exception, eventlet.Timeout) as exc:
+            # Freeing a live attempt's licences would let two tools use one; keeping an ended
+            # one's only idles them until its worker releases, leaves or is lost.
+            log.warning("task %s was cancelled but its current attempt is unknown; its "
+                        "licence leases are kept: %s", task_id, exc)
+            return
+        self._released(store_ops.release_for_cancelled_task(self.core.store, task_id, task),
+                       f"task {task_id} was cancelled")
+
+    # --- timers ---------------------------------------------------------------------------------
+
+    @timer(interval=1)
+    def sync_licences(self) -> None:
+        """Read each due licence server and record its counts; a failed read keeps the last ones."""
+        for command in self.core.due_commands():
+            try:
+                counts = read_status(command)
+            except RuntimeError as exc:
+                log.warning("licence status command %s %s; keeping the last counts of %s",
+                            " ".join(command.argv), exc,
+                            ", ".join(name for name, _ in command.pools))
+                continue
+            for name, feature in command.pools:
+                count = counts.get(feature)
+                if count is None:
+                    log.warning("licence status command %s reported no count of %s; keeping "
+                                "the last counts of %s", " ".join(command.argv), feature, name)
+                    continue
+                self._record(name, count, command.source)
+
+    def _record(self, name: str, count: LicenceCount, source: str) -> None:
+        try:
+            before = store_ops.pool_view(self.core.store, name)
+        except NotFound:
+            before = None
+        after = store_ops.record_sync(self.core.store, name, count.issued, count.in_use, source)
+        if before is None or (before["total"], before["free"]) != (after["total"], after["free"]):
+            self._changed([name])
+
+    # Not eager: an RPC made before the reply listener's queue exists kills the container.
+    @timer(interval=2)
+    def report_in(self) -> None:
+        try:
+            with eventlet.Timeout(self.core.settings.rpc_timeout_seconds):
+                self.registry.service_heartbeat(self.name, socket.gethostname())
+        except (Exception, eventlet.Timeout) as exc:
+            # Registry down: the monitor shows us as silent until it is back; nothing else waits.
+            log.warning("could not report in to the registry: %s", exc)
