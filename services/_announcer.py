@@ -26,36 +26,44 @@ class Announcer:
     """Coalescing sender of `event_type` events from `service_name`, one per changed key."""
 
     def __init__(self, service_name: str, event_type: str,
-                 view: Callable[[str], dict[str, Any] | None]) -> None:
+                 view: Callable[[str], dict[str, Any] | None],
+                 dispatch: Callable[[str, str, dict[str, Any]], None] | None = None) -> None:
         self.service_name = service_name
         self.event_type = event_type
         self._view = view
         self._queue: LightQueue = LightQueue()
-        self._dispatch: Callable[[str, str, dict[str, Any]], None] | None = None
-        self._thread: Any = None
+        # nameko's standalone dispatcher (its own pooled, confirmed publisher) unless given one.
+        self.dispatch = dispatch
 
     def start(self, spawn: Callable[[Callable[[], None]], Any]) -> None:
-        self._dispatch = event_dispatcher()
-        self._thread = spawn(self._run)
+        if self.dispatch is None:
+            self.dispatch = event_dispatcher()
+        spawn(self._run)
 
     def announce(self, *keys: str) -> None:
         for key in keys:
             self._queue.put(key)
 
+    def flush(self) -> None:
+        """Send every pending announcement now, from the calling green thread."""
+        self._send_all(set())
+
     def _run(self) -> None:
         while True:
-            due = {self._queue.get()}
-            while not self._queue.empty():
-                due.add(self._queue.get_nowait())
-            for key in sorted(due):
-                self._send(key)
+            self._send_all({self._queue.get()})
+
+    def _send_all(self, due: set[str]) -> None:
+        while not self._queue.empty():
+            due.add(self._queue.get_nowait())
+        for key in sorted(due):
+            self._send(key)
 
     def _send(self, key: str) -> None:
-        assert self._dispatch is not None
+        assert self.dispatch is not None, "start() the announcer first"
         try:
             payload = self._view(key)
             if payload is not None:
-                self._dispatch(self.service_name, self.event_type, payload)
+                self.dispatch(self.service_name, self.event_type, payload)
         except Exception as exc:
             log.warning("could not announce %s %s: %s", self.event_type, key, exc)
             eventlet.sleep(0.1)

@@ -15,7 +15,8 @@ from rich.console import Console
 from services.pool import HAND_BACK_SECONDS, STOP_GRACE_SECONDS
 from shared.config import DEFAULT_CONFIG_PATH, Settings
 
-SERVICES = ("services.registry", "services.scheduler", "services.resource_negotiator")
+SERVICES = ("services.registry", "services.scheduler", "services.resource_negotiator",
+            "services.license")
 SERVICE_STOP_SECONDS = 15.0
 # The pool's own stop (finish, then hand back, then kill) must end before it is killed itself,
 # or its workers would outlive it.

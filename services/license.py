@@ -18,12 +18,13 @@ from typing import Any
 
 import eventlet
 from nameko import config
-from nameko.events import EventDispatcher, event_handler
+from nameko.events import event_handler
 from nameko.extensions import DependencyProvider
 from nameko.rpc import ServiceRpc, rpc
 from nameko.timer import timer
 
 from services import _license_store as store_ops
+from services._announcer import Announcer
 from shared import events
 from shared.config import Settings, settings_from_mapping
 from shared.contracts import RegistryRpc, SchedulerRpc
@@ -85,6 +86,14 @@ class LicenceState:
         self.store = store
         self.commands = status_commands(settings)
         self.next_read = [0.0] * len(self.commands)  # time.monotonic() at which each is due
+        self.announcer = Announcer(LicenseService.name, events.LICENCE_CHANGED, self._pool_event)
+
+    def _pool_event(self, name: str) -> dict[str, Any]:
+        try:
+            view = store_ops.pool_view(self.store, name)
+        except NotFound:
+            view = {"total": 0, "free": 0}  # a removed pool has nothing
+        return {"name": name, "total": view["total"], "free": view["free"]}
 
     def due_commands(self) -> list[StatusCommand]:
         """The status commands whose interval has passed, each then scheduled for its next."""
@@ -108,6 +117,9 @@ class LicenceCore(DependencyProvider):
                 log.info("created licence pool %s with %s", name, pool.count or 0)
         self.state = LicenceState(settings, store)
 
+    def start(self) -> None:
+        self.state.announcer.start(self.container.spawn_managed_thread)
+
     def stop(self) -> None:
         self.state.store.dispose()
 
@@ -123,18 +135,14 @@ class LicenseService:
     core: LicenceState = LicenceCore()
     registry: RegistryRpc = ServiceRpc("registry")
     scheduler: SchedulerRpc = ServiceRpc("scheduler")
-    dispatch = EventDispatcher()
 
     def _changed(self, names: Iterable[str]) -> None:
-        """Tell the scheduler what each named pool now has free, so it releases what fits."""
-        wanted = set(names)
-        if not wanted:
-            return
-        views = {view["name"]: view for view in store_ops.pools(self.core.store)}
-        for name in sorted(wanted):
-            view = views.get(name, {"total": 0, "free": 0})  # a removed pool has nothing
-            self.dispatch(events.LICENCE_CHANGED, {"name": name, "total": view["total"],
-                                                   "free": view["free"]})
+        """Tell the scheduler what each named pool now has free, so it releases what fits.
+
+        The events go out after this call has replied (services._announcer): a worker waiting
+        to start its task does not also wait for them.
+        """
+        self.core.announcer.announce(*names)
 
     @rpc(expected_exceptions=EXPECTED_EXCEPTIONS)
     def set_pool(self, name: str, total: int) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from services._dispatch import Amounts, IdleWorker, Release
 from shared import events
 from shared.bands import REPORTS_QUEUE, band_for_priority, queue_name
 from shared.config import Settings, settings_from_mapping
-from shared.contracts import NegotiatorRpc, RegistryRpc
+from shared.contracts import LicenseRpc, NegotiatorRpc, RegistryRpc
 from shared.db import Store, create_db_engine
 from shared.errors import EXPECTED_EXCEPTIONS, CorralError, InvalidSpec, NotFound, StaleLease
 from shared.spec import JobPlan, validate_job_spec
@@ -187,7 +187,7 @@ class SchedulerService:
     dispatch = EventDispatcher()
     registry: RegistryRpc = ServiceRpc("registry")
     negotiator: NegotiatorRpc = ServiceRpc("resource_negotiator")
-    license: Any = ServiceRpc("license")
+    license: LicenseRpc = ServiceRpc("license")
 
     def _emit(self, emitted: list[tuple[str, dict[str, Any]]]) -> None:
         for event_type, payload in emitted:

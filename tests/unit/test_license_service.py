@@ -43,12 +43,29 @@ def store(tmp_path: Path) -> Iterator[Store]:
 
 
 def service(settings: Settings, store: Store) -> Any:
-    return worker_factory(LicenseService, core=LicenceState(settings, store))
+    return service_on(LicenceState(settings, store))
+
+
+def service_on(state: LicenceState) -> Any:
+    """The service's methods on `state`, with the events it sends recorded in `.sent`."""
+    sent: list[tuple[str, str, dict[str, Any]]] = []
+    state.announcer.dispatch = lambda *event: sent.append(event)
+    worker = worker_factory(LicenseService, core=state)
+    worker.sent = sent
+    return worker
+
+
+def reset(worker: Any) -> None:
+    """Forget the events sent so far."""
+    worker.core.announcer.flush()
+    worker.sent.clear()
 
 
 def changes(worker: Any) -> list[dict[str, Any]]:
-    return [call.args[1] for call in worker.dispatch.call_args_list
-            if call.args[0] == "licence_changed"]
+    """The licence_changed events the service has sent (or has pending) since the last reset."""
+    worker.core.announcer.flush()
+    return [payload for service_name, event_type, payload in worker.sent
+            if (service_name, event_type) == ("license", "licence_changed")]
 
 
 def test_taking_and_returning_licences_tells_what_each_pool_has_free(tmp_path: Path,
@@ -56,14 +73,14 @@ def test_taking_and_returning_licences_tells_what_each_pool_has_free(tmp_path: P
     worker = service(settings_with(tmp_path, {}), store)
     worker.set_pool("houdini", 2)
     worker.set_pool("karma", 4)
-    worker.dispatch.reset_mock()
+    reset(worker)
 
     lease = worker.acquire("t1", 1, 1, "w1", {"houdini": 1, "karma": 2})
     assert lease["licences"] == {"houdini": 1, "karma": 2}
     assert changes(worker) == [{"name": "houdini", "total": 2, "free": 1},
                                {"name": "karma", "total": 4, "free": 2}]
 
-    worker.dispatch.reset_mock()
+    reset(worker)
     worker.release("t1")
     worker.release("t1")  # released already: nothing changed, nothing said
     assert changes(worker) == [{"name": "houdini", "total": 2, "free": 2},
@@ -74,7 +91,7 @@ def test_acquire_that_does_not_fit_changes_nothing_and_says_nothing(tmp_path: Pa
                                                                     store: Store) -> None:
     worker = service(settings_with(tmp_path, {}), store)
     worker.set_pool("houdini", 1)
-    worker.dispatch.reset_mock()
+    reset(worker)
     assert worker.acquire("t1", 1, 1, "w1", ["houdini", "houdini"]) is None
     assert changes(worker) == []
 
@@ -84,7 +101,7 @@ def test_lost_worker_gives_its_leases_back(tmp_path: Path, store: Store) -> None
     worker.set_pool("nuke", 2)
     worker.acquire("t1", 1, 1, "doomed", {"nuke": 1})
     worker.acquire("t2", 2, 1, "keeper", {"nuke": 1})
-    worker.dispatch.reset_mock()
+    reset(worker)
     worker.handle_worker_lost({"worker_id": "doomed"})
     assert [lease["id"] for lease in ops.leases(store)] == ["t2"]
     assert changes(worker) == [{"name": "nuke", "total": 2, "free": 1}]
@@ -152,12 +169,13 @@ def test_unchanged_counts_are_not_announced_again(tmp_path: Path, store: Store) 
     lmutil = fake_status_command(tmp_path, LMSTAT)
     settings = settings_with(tmp_path, {"nuke": {"flexlm": [str(lmutil)], "feature": "nuke_i",
                                                  "interval": 0.001}})
-    state = LicenceState(settings, store)
-    worker = worker_factory(LicenseService, core=state)
-    worker.sync_licences()
-    state.next_read = [0.0]
+    worker = service(settings, store)
     worker.sync_licences()
     assert len(changes(worker)) == 1
+    reset(worker)
+    worker.core.next_read = [0.0]
+    worker.sync_licences()
+    assert changes(worker) == []
 
 
 @pytest.mark.parametrize("broken", ["exit code", "missing", "timeout", "no such feature"])
@@ -167,7 +185,7 @@ def test_failing_status_command_keeps_the_last_counts(tmp_path: Path, store: Sto
     argv = [str(lmutil)]
     state = LicenceState(settings_with(tmp_path, {"nuke": {"flexlm": argv, "feature": "nuke_i"}}),
                          store)
-    worker = worker_factory(LicenseService, core=state)
+    worker = service_on(state)
     worker.sync_licences()
     feature = "nuke_i"
     if broken == "exit code":
@@ -181,7 +199,7 @@ def test_failing_status_command_keeps_the_last_counts(tmp_path: Path, store: Sto
         feature = "nuke_r"
     state = LicenceState(settings_with(tmp_path, {"nuke": {"flexlm": argv, "feature": feature,
                                                            "timeout": 0.5}}), store)
-    worker = worker_factory(LicenseService, core=state)
+    worker = service_on(state)
     worker.sync_licences()  # logs, and never raises
     view = ops.pool_view(store, "nuke")
     assert (view["total"], view["external_in_use"]) == (10, 3)
