@@ -34,11 +34,19 @@ class Announcer:
         self._queue: LightQueue = LightQueue()
         # nameko's standalone dispatcher (its own pooled, confirmed publisher) unless given one.
         self.dispatch = dispatch
+        self._thread: Any = None
 
     def start(self, spawn: Callable[[Callable[[], None]], Any]) -> None:
         if self.dispatch is None:
             self.dispatch = event_dispatcher()
-        spawn(self._run)
+        self._thread = spawn(self._run)
+
+    def stop(self) -> None:
+        """Send what is pending, then end the sending thread."""
+        if self._thread is not None:
+            self._thread.kill()
+            self._thread = None
+            self.flush()
 
     def announce(self, *keys: str) -> None:
         for key in keys:

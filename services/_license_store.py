@@ -27,6 +27,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, registry
 from sqlmodel import Field, SQLModel, col
 
+from services._holdings import attempts_ended_before
 from shared.db import Store
 from shared.errors import InvalidSpec, InvalidState, NotFound
 from shared.licences import check_licence_name
@@ -34,8 +35,6 @@ from shared.licences import check_licence_name
 _T = TypeVar("_T")
 
 SOURCES: Final = ("manual", "flexlm", "rlm")
-# The scheduler's task states after which no attempt of the task runs again (TaskState values).
-FINAL_TASK_STATES: Final = ("done", "failed", "cancelled")
 
 
 class LicenceTable(SQLModel, registry=registry()):
@@ -324,18 +323,12 @@ def release_for_task(store: Store, task_id: int, attempt: int | None = None) -> 
 
 def release_for_cancelled_task(store: Store, task_id: int,
                                task: Mapping[str, Any] | None) -> list[dict[str, Any]]:
-    """Give back what a cancelled task's ended attempts hold, given the scheduler's view of it.
-
-    A cancel event names no attempt, and a requeue (or a pause that kills) sends one while the
-    task goes back under a new attempt that may already hold licences: so only attempts older
-    than the current one are freed, and the current one too when the task has ended. `task` is
-    None when the scheduler no longer knows the task, and then nothing of it can run.
-    """
-    if task is None:
-        return release_for_task(store, task_id)
-    ended_before = int(task["attempt"]) + (1 if task["state"] in FINAL_TASK_STATES else 0)
-    return _release_where(store, col(LicenceLeaseRecord.task_id) == task_id,
-                          col(LicenceLeaseRecord.attempt) < ended_before)
+    """Give back what a cancelled task's ended attempts hold (see attempts_ended_before)."""
+    conditions = [col(LicenceLeaseRecord.task_id) == task_id]
+    ended_before = attempts_ended_before(task)
+    if ended_before is not None:
+        conditions.append(col(LicenceLeaseRecord.attempt) < ended_before)
+    return _release_where(store, *conditions)
 
 
 # --- reads ----------------------------------------------------------------------------------------

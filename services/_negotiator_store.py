@@ -26,13 +26,12 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, registry
 from sqlmodel import Field, SQLModel, col
 
+from services._holdings import attempts_ended_before
 from shared.db import Store
 from shared.errors import InvalidSpec
 from shared.resources import NO_RESOURCES, GpuInfo, HostLedger, HostTotals, Reservation, Resources
 
 AMOUNT_KEYS = ("cores", "memory_mb", "gpus", "custom")
-# The scheduler's task states after which no attempt of the task runs again (TaskState values).
-FINAL_TASK_STATES = ("done", "failed", "cancelled")
 GPU_KEYS = ("index", "model", "memory_mb")
 
 
@@ -260,18 +259,12 @@ def release_for_task(store: Store, task_id: int, attempt: int | None = None) -> 
 
 def release_for_cancelled_task(store: Store, task_id: int,
                                task: Mapping[str, Any] | None) -> list[dict[str, Any]]:
-    """Give back what a cancelled task's ended attempts hold, given the scheduler's view of it.
-
-    A cancel event names no attempt, and a requeue (or a pause that kills) sends one while the
-    task goes back under a new attempt that may already hold resources: so only attempts older
-    than the current one are freed, and the current one too when the task has ended. `task` is
-    None when the scheduler no longer knows the task, and then nothing of it can run.
-    """
-    if task is None:
-        return release_for_task(store, task_id)
-    ended_before = int(task["attempt"]) + (1 if task["state"] in FINAL_TASK_STATES else 0)
-    return _release_where(store, ReservationRecord.task_id == task_id,
-                          col(ReservationRecord.attempt) < ended_before)
+    """Give back what a cancelled task's ended attempts hold (see attempts_ended_before)."""
+    conditions = [ReservationRecord.task_id == task_id]
+    ended_before = attempts_ended_before(task)
+    if ended_before is not None:
+        conditions.append(col(ReservationRecord.attempt) < ended_before)
+    return _release_where(store, *conditions)
 
 
 # --- reads ----------------------------------------------------------------------------------------

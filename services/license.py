@@ -9,20 +9,18 @@ service starts; those with a FlexLM or RLM status command follow their licence s
 from __future__ import annotations
 
 import logging
-import socket
 import subprocess
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import eventlet
 from nameko import config
-from nameko.events import event_handler
 from nameko.extensions import DependencyProvider
 from nameko.rpc import ServiceRpc, rpc
 from nameko.timer import timer
 
+from services import _holder_service
 from services import _license_store as store_ops
 from services._announcer import Announcer
 from shared import events
@@ -121,16 +119,19 @@ class LicenceCore(DependencyProvider):
         self.state.announcer.start(self.container.spawn_managed_thread)
 
     def stop(self) -> None:
+        self.state.announcer.stop()
         self.state.store.dispose()
 
     def get_dependency(self, worker_ctx: Any) -> LicenceState:
         return self.state
 
 
-class LicenseService:
+class LicenseService(_holder_service.HolderService):
     """RPC `license`: licence pools, and leases of their tokens for task attempts."""
 
     name = "license"
+    holds = "licence leases"
+    store_ops = store_ops
 
     core: LicenceState = LicenceCore()
     registry: RegistryRpc = ServiceRpc("registry")
@@ -197,47 +198,6 @@ class LicenseService:
                      why)
         self._changed(name for lease in released for name in lease["licences"])
 
-    @event_handler("registry", events.WORKER_LOST)
-    def handle_worker_lost(self, payload: dict[str, Any]) -> None:
-        self._released(store_ops.release_for_worker(self.core.store, payload["worker_id"]),
-                       f"worker {payload['worker_id']} was lost")
-
-    @event_handler("registry", events.WORKER_LEFT)
-    def handle_worker_left(self, payload: dict[str, Any]) -> None:
-        self._released(store_ops.release_for_worker(self.core.store, payload["worker_id"]),
-                       f"worker {payload['worker_id']} left")
-
-    @event_handler("scheduler", events.TASK_FINISHED)
-    def handle_task_finished(self, payload: dict[str, Any]) -> None:
-        self._released(store_ops.release_for_task(self.core.store, int(payload["task_id"]),
-                                                  int(payload["attempt"])),
-                       f"task {payload['task_id']} finished")
-
-    @event_handler("scheduler", events.TASK_FAILED)
-    def handle_task_failed(self, payload: dict[str, Any]) -> None:
-        self._released(store_ops.release_for_task(self.core.store, int(payload["task_id"]),
-                                                  int(payload["attempt"])),
-                       f"task {payload['task_id']} failed")
-
-    @event_handler("scheduler", events.TASK_CANCELLED)
-    def handle_task_cancelled(self, payload: dict[str, Any]) -> None:
-        task_id = int(payload["task_id"])
-        task: dict[str, Any] | None
-        try:
-            # The event names no attempt: the scheduler says which one is current.
-            with eventlet.Timeout(self.core.settings.rpc_timeout_seconds):
-                task = self.scheduler.get_task(task_id)
-        except NotFound:
-            task = None
-        except (Exception, eventlet.Timeout) as exc:
-            # Freeing a live attempt's licences would let two tools use one; keeping an ended
-            # one's only idles them until its worker releases, leaves or is lost.
-            log.warning("task %s was cancelled but its current attempt is unknown; its "
-                        "licence leases are kept: %s", task_id, exc)
-            return
-        self._released(store_ops.release_for_cancelled_task(self.core.store, task_id, task),
-                       f"task {task_id} was cancelled")
-
     # --- timers ---------------------------------------------------------------------------------
 
     @timer(interval=1)
@@ -267,13 +227,3 @@ class LicenseService:
         after = store_ops.record_sync(self.core.store, name, count.issued, count.in_use, source)
         if before is None or (before["total"], before["free"]) != (after["total"], after["free"]):
             self._changed([name])
-
-    # Not eager: an RPC made before the reply listener's queue exists kills the container.
-    @timer(interval=2)
-    def report_in(self) -> None:
-        try:
-            with eventlet.Timeout(self.core.settings.rpc_timeout_seconds):
-                self.registry.service_heartbeat(self.name, socket.gethostname())
-        except (Exception, eventlet.Timeout) as exc:
-            # Registry down: the monitor shows us as silent until it is back; nothing else waits.
-            log.warning("could not report in to the registry: %s", exc)

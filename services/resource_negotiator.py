@@ -8,23 +8,20 @@ share one transaction (which is also why a restart needs no rebuild).
 from __future__ import annotations
 
 import logging
-import socket
 from typing import Any
 
-import eventlet
 from nameko import config
-from nameko.events import event_handler
 from nameko.extensions import DependencyProvider
 from nameko.rpc import ServiceRpc, rpc
-from nameko.timer import timer
 
+from services import _holder_service
 from services import _negotiator_store as store_ops
 from services._announcer import Announcer
 from shared import events
 from shared.config import Settings, settings_from_mapping
 from shared.contracts import RegistryRpc, SchedulerRpc
 from shared.db import Store, create_db_engine
-from shared.errors import EXPECTED_EXCEPTIONS, NotFound
+from shared.errors import EXPECTED_EXCEPTIONS
 
 log = logging.getLogger(__name__)
 
@@ -55,16 +52,19 @@ class NegotiatorCore(DependencyProvider):
         self.state.announcer.start(self.container.spawn_managed_thread)
 
     def stop(self) -> None:
+        self.state.announcer.stop()
         self.state.store.dispose()
 
     def get_dependency(self, worker_ctx: Any) -> NegotiatorState:
         return self.state
 
 
-class ResourceNegotiatorService:
+class ResourceNegotiatorService(_holder_service.HolderService):
     """RPC `resource_negotiator`: hosts report what they have; workers reserve and release it."""
 
     name = "resource_negotiator"
+    holds = "reservations"
+    store_ops = store_ops
 
     core: NegotiatorState = NegotiatorCore()
     registry: RegistryRpc = ServiceRpc("registry")
@@ -128,56 +128,3 @@ class ResourceNegotiatorService:
         for reservation in released:
             log.info("released %s on %s: %s", reservation["id"], reservation["host"], why)
         self._changed(*(reservation["host"] for reservation in released))
-
-    @event_handler("registry", events.WORKER_LOST)
-    def handle_worker_lost(self, payload: dict[str, Any]) -> None:
-        self._released(store_ops.release_for_worker(self.core.store, payload["worker_id"]),
-                       f"worker {payload['worker_id']} was lost")
-
-    @event_handler("registry", events.WORKER_LEFT)
-    def handle_worker_left(self, payload: dict[str, Any]) -> None:
-        self._released(store_ops.release_for_worker(self.core.store, payload["worker_id"]),
-                       f"worker {payload['worker_id']} left")
-
-    @event_handler("scheduler", events.TASK_FINISHED)
-    def handle_task_finished(self, payload: dict[str, Any]) -> None:
-        self._released(store_ops.release_for_task(self.core.store, int(payload["task_id"]),
-                                                  int(payload["attempt"])),
-                       f"task {payload['task_id']} finished")
-
-    @event_handler("scheduler", events.TASK_FAILED)
-    def handle_task_failed(self, payload: dict[str, Any]) -> None:
-        self._released(store_ops.release_for_task(self.core.store, int(payload["task_id"]),
-                                                  int(payload["attempt"])),
-                       f"task {payload['task_id']} failed")
-
-    @event_handler("scheduler", events.TASK_CANCELLED)
-    def handle_task_cancelled(self, payload: dict[str, Any]) -> None:
-        task_id = int(payload["task_id"])
-        task: dict[str, Any] | None
-        try:
-            # The event names no attempt: the scheduler says which one is current.
-            with eventlet.Timeout(self.core.settings.rpc_timeout_seconds):
-                task = self.scheduler.get_task(task_id)
-        except NotFound:
-            task = None
-        except (Exception, eventlet.Timeout) as exc:
-            # Freeing a live attempt's resources would oversubscribe the host; keeping an ended
-            # one's only idles them until its worker releases, leaves or is lost.
-            log.warning("task %s was cancelled but its current attempt is unknown; its "
-                        "reservations are kept: %s", task_id, exc)
-            return
-        self._released(store_ops.release_for_cancelled_task(self.core.store, task_id, task),
-                       f"task {task_id} was cancelled")
-
-    # --- timers ---------------------------------------------------------------------------------
-
-    # Not eager: an RPC made before the reply listener's queue exists kills the container.
-    @timer(interval=2)
-    def report_in(self) -> None:
-        try:
-            with eventlet.Timeout(self.core.settings.rpc_timeout_seconds):
-                self.registry.service_heartbeat(self.name, socket.gethostname())
-        except (Exception, eventlet.Timeout) as exc:
-            # Registry down: the monitor shows us as silent until it is back; nothing else waits.
-            log.warning("could not report in to the registry: %s", exc)
