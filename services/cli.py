@@ -33,6 +33,9 @@ ConfigOption = typer.Option(None, "--config", "-c", envvar="CORRAL_CONFIG",
 JsonOption = typer.Option(False, "--json", help="Print JSON instead of a table.")
 HostOption = typer.Option(None, "--host", envvar="CORRAL_HOST",
                           help="This host's name for the farm (default: the machine's hostname).")
+MaxTasksOption = typer.Option(0, "--max-tasks", min=0,
+                              help="A worker leaves after this many tasks (0: never), so a leak in "
+                                   "a payload library cannot grow it for ever.")
 FINAL_JOB_STATES = ("done", "failed", "cancelled")
 
 
@@ -130,6 +133,7 @@ def worker(config: Path | None = ConfigOption,
            memory: str | None = typer.Option(None, help="This host's memory, e.g. 64G."),
            gpus: int | None = typer.Option(None, help="This host's GPUs (default: NVML)."),
            host: str | None = HostOption,
+           max_tasks: int = MaxTasksOption,
            ) -> None:
     """Run one worker: one payload at a time from the pool's band queues."""
     from services.worker.main import DrainMode, run_worker
@@ -145,7 +149,8 @@ def worker(config: Path | None = ConfigOption,
         niceness = _parse_nice(nice, band_list)
         host_name = host or socket.gethostname()
         totals = detect_host_totals(host_name, cores, memory, gpus)
-        run_worker(settings, pool, band_list, mode, niceness, memory_headroom, totals, host_name)
+        run_worker(settings, pool, band_list, mode, niceness, memory_headroom, totals, host_name,
+                   max_tasks)
     except (ValueError, CorralError) as exc:
         _fail(exc)
 
@@ -186,6 +191,7 @@ def worker_pool(config: Path | None = ConfigOption,
                 memory: str | None = typer.Option(None, help="This host's memory, e.g. 64G."),
                 gpus: int | None = typer.Option(None, help="This host's GPUs (default: NVML)."),
                 host: str | None = HostOption,
+                max_tasks: int = MaxTasksOption,
                 ) -> None:
     """Run workers on this host as work needs them: one more whenever the last idle one takes a
     task (up to --max-workers, while the host has free cores and memory); idle extras stop."""
@@ -201,7 +207,7 @@ def worker_pool(config: Path | None = ConfigOption,
         _fail(exc)
     template = WorkerTemplate(pool=pool, bands=[b for b in bands.split(",") if b], host=host_name,
                               config=config.resolve() if config else None, cores=cores,
-                              memory=memory, gpus=gpus)
+                              memory=memory, gpus=gpus, max_tasks=max_tasks)
     raise typer.Exit(run_pool(settings, limits, template, totals, stop_grace))
 
 

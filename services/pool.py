@@ -121,11 +121,15 @@ def idle_extras_to_stop(limits: PoolLimits, children: Sequence[ChildView],
     return expired[:max(0, extras)]
 
 
-def backoff_after_exit(quick_deaths: int, lifetime: float,
-                       told_to_stop: bool) -> tuple[int, float]:
+def backoff_after_exit(quick_deaths: int, lifetime: float, told_to_stop: bool,
+                       exit_code: int | None = None) -> tuple[int, float]:
     """After a worker exits: the count of quick deaths in a row, and seconds to wait before the
-    next start (doubling from 1 s up to 60 s while workers keep dying soon after starting)."""
-    if told_to_stop:
+    next start (doubling from 1 s up to 60 s while workers keep dying soon after starting).
+
+    A worker that was told to stop, or that left by itself with exit code 0 (it ran its
+    --max-tasks), did not crash however short its life.
+    """
+    if told_to_stop or exit_code == 0:
         return quick_deaths, 0.0
     if lifetime >= QUICK_DEATH_SECONDS:
         return 0, 0.0
@@ -144,6 +148,8 @@ class WorkerTemplate:
     cores: float | None = None
     memory: str | None = None
     gpus: int | None = None
+    max_tasks: int = 0
+    """Each worker leaves after this many tasks and the pool starts a fresh one (0: never)."""
 
     def argv(self) -> list[str]:
         argv = [sys.executable, "-m", "services.cli", "worker", "--pool", self.pool,
@@ -156,6 +162,8 @@ class WorkerTemplate:
             argv += ["--memory", self.memory]
         if self.gpus is not None:
             argv += ["--gpus", str(self.gpus)]
+        if self.max_tasks:
+            argv += ["--max-tasks", str(self.max_tasks)]
         return argv
 
 
@@ -315,8 +323,11 @@ class WorkerPool:
             if child.told_to_stop:
                 log.info("worker pid %d stopped (exit code %d)", child.pid, code)
                 continue
-            self.quick_deaths, delay = backoff_after_exit(self.quick_deaths, lifetime, False)
-            if delay:
+            self.quick_deaths, delay = backoff_after_exit(self.quick_deaths, lifetime, False, code)
+            if code == 0:
+                log.info("worker pid %d left after its --max-tasks; a fresh one starts when "
+                         "needed", child.pid)
+            elif delay:
                 self.not_before = max(self.not_before, now + delay)
                 log.warning("worker pid %d exited with code %d %.1fs after starting (%d quick "
                             "exits in a row): backing off %gs before starting another",

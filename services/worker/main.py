@@ -46,7 +46,8 @@ class Worker:
     def __init__(self, settings: Settings, pool: str, bands: list[str],
                  drain_mode: DrainMode = DrainMode.FINISH, nice: int | dict[str, int] | None = None,
                  worker_id: str | None = None, memory_headroom: float = 1.0,
-                 host_totals: HostTotals | None = None, host: str | None = None) -> None:
+                 host_totals: HostTotals | None = None, host: str | None = None,
+                 max_tasks: int = 0) -> None:
         known = {b.name for b in settings.bands}
         unknown = [b for b in bands if b not in known]
         if unknown:
@@ -59,6 +60,9 @@ class Worker:
         self.nice_by_band = (dict(nice) if isinstance(nice, dict)
                              else {band: nice for band in bands} if nice is not None else {})
         self.memory_headroom = memory_headroom
+        # Pixyz's MAX_TASKS_BEFORE_SHUTDOWN: leave after this many tasks (0: never), so a
+        # payload library that leaks into the worker cannot grow it for ever.
+        self.max_tasks = max_tasks
         # A name of its own lets one machine stand in for several hosts, or a container name
         # the machine it runs on rather than itself.
         self.host = host or socket.gethostname()
@@ -274,6 +278,9 @@ class Worker:
             # A message from an older scheduler may not say: then the claim's reply does.
             await self._run(claim, bookings if body.keys() & {RESOURCES, LICENCES} else None)
             await settle
+            if self.max_tasks and self.tasks_run >= self.max_tasks and not self._draining.is_set():
+                log.info("ran %d tasks (--max-tasks): leaving", self.tasks_run)
+                self.drain()
             if not self._draining.is_set():
                 await self._start_consuming()
         log.info("stopped taking work")
@@ -529,9 +536,9 @@ async def _settle(awaitable: Any) -> None:
 def run_worker(settings: Settings, pool: str, bands: list[str],
                drain_mode: DrainMode = DrainMode.FINISH, nice: int | dict[str, int] | None = None,
                memory_headroom: float = 1.0, host_totals: HostTotals | None = None,
-               host: str | None = None) -> None:
+               host: str | None = None, max_tasks: int = 0) -> None:
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     worker = Worker(settings, pool, bands, drain_mode, nice, memory_headroom=memory_headroom,
-                    host_totals=host_totals, host=host)
+                    host_totals=host_totals, host=host, max_tasks=max_tasks)
     asyncio.run(worker.run())

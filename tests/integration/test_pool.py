@@ -156,3 +156,22 @@ def test_crash_looping_workers_make_the_pool_back_off(farm: Farm,
     assert (second - first).total_seconds() >= 1 and (third - second).total_seconds() >= 2
     pool.send_signal(signal.SIGTERM)
     assert pool.wait(30) == 0
+
+
+def test_workers_that_ran_their_max_tasks_are_replaced_without_backoff(
+        farm: Farm, start_pool: StartPool) -> None:
+    """Pixyz's MAX_TASKS_BEFORE_SHUTDOWN: a worker leaves after N tasks, the pool starts afresh."""
+    start_services(farm)
+    start_pool("--host", "render-e", "--cores", "4", "--memory", "4G", "--max-workers", "1",
+               "--max-tasks", "2")
+    farm.wait_for(lambda: states(farm) == ["idle"], 30, "the first worker")
+    job = farm.submit([{"command": ["true"]}] * 5)
+    done = farm.wait_for_job(job["id"], timeout=60)
+    assert done["counts"] == {"done": 5}
+    ran_on = [farm.rpc.scheduler.get_task(t["id"])["attempts"][-1]["worker_id"]
+              for t in done["tasks"]]
+    # One worker at a time, two tasks each: the third worker ran the fifth task.
+    assert [ran_on.count(w) for w in dict.fromkeys(ran_on)] == [2, 2, 1]
+    log = pool_log(farm)
+    assert log.count("left after its --max-tasks") == 2
+    assert "backing off" not in log

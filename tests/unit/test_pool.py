@@ -163,3 +163,8 @@ def test_workers_get_the_pools_host_and_resource_overrides() -> None:
 def test_workers_detect_what_the_pool_was_not_told() -> None:
     argv = WorkerTemplate(pool="cpu", bands=[], host="render-07").argv()
     assert not {"--cores", "--memory", "--gpus", "--config"} & set(argv)
+
+
+def test_a_worker_that_left_after_its_max_tasks_is_no_crash() -> None:
+    assert backoff_after_exit(2, lifetime=0.5, told_to_stop=False, exit_code=0) == (2, 0.0)
+    assert backoff_after_exit(2, lifetime=0.5, told_to_stop=False, exit_code=1) == (3, 4.0)
