@@ -377,30 +377,33 @@ class Worker:
         if bookings is None:
             # A message that did not say what to book (published by an older scheduler).
             bookings = self._book(claim["task_id"], claim["attempt"], claim)
-        held, refused = await self._settle_bookings(bookings)
-        if refused is not None:
-            await self._release_all(held)
-            await self._report("hand_back_task", task_id=claim["task_id"],
-                               lease_token=claim["lease_token"],
-                               reason=self._refusal(claim, refused),
-                               delay_seconds=self.settings.heartbeat_seconds)
-            return
-        grant = held.get(RESOURCES)
-        if grant is not None:
-            granted = grant["resources"]
-            run.cores, run.memory_limit_mb = granted["cores"], granted["memory_mb"] or None
-            run.gpu_indices = tuple(grant["gpu_indices"])
+        # The task is ours from the claim on: its lease is renewed (and a cancel reaches it)
+        # while the bookings are still being answered, however long a service takes to.
         self.current = run
         self._lease_token = claim["lease_token"]
         renewals = asyncio.create_task(self._renew_loop(run, claim["lease_token"]))
+        held: dict[str, dict[str, Any]] = {}
         try:
-            await run.run(self._payload_env(), self.settings.log_tail_bytes)
+            held, refused = await self._settle_bookings(bookings)
+            if run._kill_reason is None and refused is not None:
+                await self._report("hand_back_task", task_id=claim["task_id"],
+                                   lease_token=claim["lease_token"],
+                                   reason=self._refusal(claim, refused),
+                                   delay_seconds=self.settings.heartbeat_seconds)
+                return
+            grant = held.get(RESOURCES)
+            if grant is not None:
+                granted = grant["resources"]
+                run.cores, run.memory_limit_mb = granted["cores"], granted["memory_mb"] or None
+                run.gpu_indices = tuple(grant["gpu_indices"])
+            if run._kill_reason is None:  # not cancelled, handed back or lost meanwhile
+                await run.run(self._payload_env(), self.settings.log_tail_bytes)
+                self.tasks_run += 1
         finally:
             renewals.cancel()
             self.current = None
             if held:
                 asyncio.get_running_loop().create_task(self._release_all(held))
-        self.tasks_run += 1
         if run._kill_reason and run._kill_reason.startswith("handed back"):
             await self._report("hand_back_task", task_id=run.task_id,
                                lease_token=claim["lease_token"], reason=run._kill_reason)

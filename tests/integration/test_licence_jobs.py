@@ -1,6 +1,8 @@
 """Jobs that need licences, on real workers: they wait for free tokens, say why, and give them back."""
 
 import json
+import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -76,3 +78,31 @@ def test_worker_hands_a_task_back_uncharged_when_its_licence_is_not_free(farm: F
     farm.rpc.license.release("by hand")  # announced: the scheduler sends the task again
     assert farm.wait_for_job(job["id"], timeout=30)["state"] == "done"
     farm.wait_for(lambda: free(farm, "nuke") == 1, 20, "the lease to be given back")
+
+
+def test_a_claimed_task_keeps_its_lease_while_its_licence_is_slow_to_come(farm: Farm,
+                                                                          tmp_path: Path) -> None:
+    """The lease is renewed from the claim on: a license service that stalls for longer than a
+    lease (3 s here) delays the task but never makes the scheduler give it to someone else."""
+    start_with_licences(farm, workers=2)
+    farm.rpc.license.set_pool("nuke", 1)
+    warm_up = farm.submit([{"command": ["true"]}], licences={"nuke": 1})
+    assert farm.wait_for_job(warm_up["id"])["state"] == "done"
+    farm.wait_for(lambda: free(farm, "nuke") == 1, 20, "the warm-up lease to be given back")
+    time.sleep(2.5)  # one refresh: the scheduler has seen the token come back
+    license_process = farm.processes["license"]
+    license_process.send_signal(signal.SIGSTOP)
+    try:
+        job = farm.submit([{"command": recorded(tmp_path / "ledger", 0.2)}],
+                          licences={"nuke": 1})
+        task_id = farm.rpc.scheduler.get_job(job["id"])["tasks"][0]["id"]
+        farm.wait_for(lambda: farm.rpc.scheduler.get_task(task_id)["state"] == "running", 20,
+                      "a worker to claim the task and wait for its licence")
+        time.sleep(8)  # well past the 3 s lease
+        assert farm.rpc.scheduler.get_task(task_id)["state"] == "running"
+    finally:
+        license_process.send_signal(signal.SIGCONT)
+    done = farm.wait_for_job(job["id"], timeout=30)
+    task = farm.rpc.scheduler.get_task(done["tasks"][0]["id"])
+    assert [a["state"] for a in task["attempts"]] == ["done"]
+    assert len((tmp_path / "ledger").read_text().splitlines()) == 2  # one start, one end
