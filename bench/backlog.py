@@ -41,8 +41,8 @@ def decision_cost(sizes: tuple[int, ...] = (1_000, 10_000, 100_000)) -> dict[str
     for size in sizes:
         with tempfile.TemporaryDirectory() as directory:
             store = Store(create_db_engine(f"sqlite:///{directory}/s.db"),
-                          ops.SchedulerTable.metadata)
-            store.create_schema()
+                          ops.SchedulerTable.metadata, migrations="scheduler")
+            store.migrate()
             for user in ("ana", "ben", "cho", "dev"):
                 plan = validate_job_spec({"user": user, "tasks": [{"command": ["true"]}]
                                           * (size // 4)}, BANDS, max_env_bytes=32768,

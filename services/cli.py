@@ -592,6 +592,101 @@ def licences_remove(name: str = typer.Argument(..., metavar="NAME"),
     console.print(f"{name}: removed")
 
 
+db_app = typer.Typer(help="The services' databases: bring them to the newest schema, show their revisions.",
+                     no_args_is_help=True)
+app.add_typer(db_app, name="db")
+ServiceOption = typer.Option(None, "--service", "-s", help="Only this service's database: scheduler, "
+                             "registry, negotiator or licence (default: all four).")
+
+
+def _databases(settings: Settings, service: str | None) -> list[tuple[str, str]]:
+    """(service, database URL) for `service`, or for every service database."""
+    from shared.migrations import TREES, database_url
+
+    if service is not None and service not in TREES:
+        err_console.print(f"[red]error:[/red] no service database named {service!r} "
+                          f"(expected one of {', '.join(TREES)})")
+        raise typer.Exit(2)
+    return [(tree, database_url(settings, tree)) for tree in TREES if service in (None, tree)]
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _sqlite_file_missing(url: str) -> bool:
+    path = url.split("///", 1)[-1] if url.startswith("sqlite") else ""
+    return bool(path) and path != ":memory:" and not Path(path).exists()
+
+
+@db_app.command("upgrade")
+def db_upgrade(config: Path | None = ConfigOption, service: str | None = ServiceOption) -> None:
+    """Bring each service's database to the newest schema, as the services do when they start.
+
+    Useful to migrate before rolling out new services; running it again changes nothing.
+    """
+    from shared.db import create_db_engine
+    from shared.migrations import upgrade
+
+    failed = False
+    for tree, url in _databases(_settings(config), service):
+        engine = create_db_engine(url)
+        try:
+            done = upgrade(engine, tree)
+        except Exception as exc:  # SchemaError, or the database cannot be reached
+            err_console.print(f"[red]{tree}[/red] ({_safe_url(url)}): {exc}")
+            failed = True
+            continue
+        finally:
+            engine.dispose()
+        if done.recognised is not None:
+            what = f"made before migrations, recognised as {done.recognised}, now {done.after}"
+        elif done.before == done.after:
+            what = f"{done.after}, the newest already"
+        else:
+            what = f"{done.before or 'empty'} -> {done.after}"
+        console.print(f"{tree} ({_safe_url(url)}): {what}")
+    if failed:
+        raise typer.Exit(1)
+
+
+@db_app.command("current")
+def db_current(config: Path | None = ConfigOption, service: str | None = ServiceOption,
+               as_json: bool = JsonOption) -> None:
+    """The revision each service's database is at, and the newest this Corral has."""
+    from shared.db import create_db_engine
+    from shared.migrations import current_revision, head_revision
+
+    rows = []
+    failed = False
+    for tree, url in _databases(_settings(config), service):
+        revision = None
+        if not _sqlite_file_missing(url):  # looking must not create an empty database file
+            engine = create_db_engine(url)
+            try:
+                with engine.connect() as connection:
+                    revision = current_revision(connection, tree)
+            except Exception as exc:  # the database cannot be reached
+                err_console.print(f"[red]{tree}[/red] ({_safe_url(url)}): {exc}")
+                failed = True
+                continue
+            finally:
+                engine.dispose()
+        rows.append({"service": tree, "database": _safe_url(url), "revision": revision,
+                     "head": head_revision(tree)})
+    if as_json:
+        _print_json(rows)
+    else:
+        table = Table("service", "database", "revision", "newest")
+        for row in rows:
+            table.add_row(row["service"], row["database"], row["revision"] or "none", row["head"])
+        console.print(table)
+    if failed:
+        raise typer.Exit(1)
+
+
 @app.command()
 def status(config: Path | None = ConfigOption, as_json: bool = JsonOption) -> None:
     """The farm at a glance: workers by state, queue depths, services."""

@@ -107,8 +107,9 @@ class LicenceState:
 class LicenceCore(DependencyProvider):
     def setup(self) -> None:
         settings = settings_from_mapping(config)
-        store = Store(create_db_engine(settings.licence_db), store_ops.LicenceTable.metadata)
-        store.create_schema()
+        store = Store(create_db_engine(settings.licence_db), store_ops.LicenceTable.metadata,
+                      migrations="licence")
+        store.migrate()
         for name, pool in sorted(settings.licences.items()):
             # Only a missing pool: a count changed since (by hand or by a sync) is kept.
             if store_ops.ensure_pool(store, name, pool.count or 0, pool.source):

@@ -55,8 +55,9 @@ class RegistryState:
 class RegistryCore(DependencyProvider):
     def setup(self) -> None:
         settings = settings_from_mapping(config)
-        store = Store(create_db_engine(settings.registry_db), store_ops.RegistryTable.metadata)
-        store.create_schema()
+        store = Store(create_db_engine(settings.registry_db), store_ops.RegistryTable.metadata,
+                      migrations="registry")
+        store.migrate()
         self.state = RegistryState(settings, store)
 
     def stop(self) -> None:

@@ -44,8 +44,8 @@ class NegotiatorCore(DependencyProvider):
     def setup(self) -> None:
         settings = settings_from_mapping(config)
         store = Store(create_db_engine(settings.negotiator_db),
-                      store_ops.NegotiatorTable.metadata)
-        store.create_schema()
+                      store_ops.NegotiatorTable.metadata, migrations="negotiator")
+        store.migrate()
         self.state = NegotiatorState(settings, store)
 
     def start(self) -> None:

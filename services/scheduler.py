@@ -160,8 +160,9 @@ class SchedulerCore(DependencyProvider):
 
     def setup(self) -> None:
         settings = settings_from_mapping(config)
-        store = Store(create_db_engine(settings.scheduler_db), store_ops.SchedulerTable.metadata)
-        store.create_schema()
+        store = Store(create_db_engine(settings.scheduler_db), store_ops.SchedulerTable.metadata,
+                      migrations="scheduler")
+        store.migrate()
         self.dispatcher = Dispatcher(settings, store, self.container.spawn_managed_thread)
 
     def start(self) -> None:

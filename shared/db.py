@@ -7,12 +7,15 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import MetaData, event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 from sqlmodel import create_engine
+
+if TYPE_CHECKING:
+    from shared.migrations import Upgrade
 
 
 def create_db_engine(url: str) -> Engine:
@@ -46,11 +49,16 @@ def clock_query(engine: Engine) -> str:
 
 
 class Store:
-    """A service's handle on its own database: sessions, one writer at a time, and the clock."""
+    """A service's handle on its own database: its schema, sessions, one writer at a time, the clock.
 
-    def __init__(self, engine: Engine, metadata: MetaData) -> None:
+    `migrations` names the Alembic tree of the database (services/migrations/<name>): `migrate()`
+    brings the database to the newest schema with it.
+    """
+
+    def __init__(self, engine: Engine, metadata: MetaData, migrations: str | None = None) -> None:
         self.engine = engine
         self.metadata = metadata
+        self.migrations = migrations
         self._clock_sql = text(clock_query(engine))
         # SQLite runs inside this process, so its clock is this host's clock: reading it with
         # time.time() gives the same answer without a query (several per task on the hot path).
@@ -59,8 +67,18 @@ class Store:
         # database lock held by another green thread of the same process.
         self._write_lock = threading.RLock()
 
-    def create_schema(self) -> None:
-        self.metadata.create_all(self.engine)
+    def migrate(self) -> Upgrade:
+        """Bring the database to the newest schema, once even if several processes start together.
+
+        An empty database gets every revision; one made before Corral had migrations is recognised
+        and upgraded; a current one is left alone (see shared.migrations).
+        """
+        if self.migrations is None:
+            raise ValueError("this store was opened without migrations")
+        # Imported here: only the processes that own a database load Alembic.
+        from shared.migrations import upgrade
+
+        return upgrade(self.engine, self.migrations)
 
     @contextmanager
     def write(self) -> Iterator[Session]:

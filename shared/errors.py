@@ -7,6 +7,7 @@
     ├── StaleLease           a report carried a lease token that is no longer current
     ├── LimitExceeded        a farm limit (such as queued tasks per user) would be passed
     ├── ConfigError          the configuration file or a value in it is wrong
+    ├── SchemaError          a service's database cannot be brought to the newest schema
     └── BrokerUnreachable    RabbitMQ could not be reached
 """
 
@@ -54,6 +55,11 @@ class LimitExceeded(CorralError):
 @deserialize_to_instance
 class ConfigError(CorralError):
     """The configuration is wrong; the message names the key."""
+
+
+@deserialize_to_instance
+class SchemaError(CorralError):
+    """A service's database cannot be migrated to the newest schema; the message says why."""
 
 
 @deserialize_to_instance

@@ -4,6 +4,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from services._license_store import LicenceTable
 from services._negotiator_store import NegotiatorTable
@@ -11,18 +12,23 @@ from services._registry_store import RegistryTable
 from services._scheduler_store import SchedulerTable
 from shared.bands import parse_bands
 from shared.db import Store, create_db_engine
+from shared.migrations import version_table
 
 BANDS = parse_bands({"low": [0, 9], "normal": [10, 99], "high": [100, 1000]})
 
 
 def _store(request: pytest.FixtureRequest, tmp_path: Path, metadata, name: str) -> Store:
+    """A store on a database its migrations built, as a starting service leaves it."""
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / name}.db"
     else:
         url = request.getfixturevalue("postgres_url")
-    store = Store(create_db_engine(url), metadata)
+    store = Store(create_db_engine(url), metadata, migrations=name)
+    # The PostgreSQL database lasts the session: start from nothing, version table included.
     metadata.drop_all(store.engine)
-    store.create_schema()
+    with store.engine.begin() as connection:
+        connection.execute(text(f"DROP TABLE IF EXISTS {version_table(name)}"))
+    store.migrate()
     return store
 
 

@@ -36,8 +36,8 @@ def fake_status_command(tmp_path: Path, output: str, exit_code: int = 0, name: s
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
     instance = Store(create_db_engine(f"sqlite:///{tmp_path / 'licence.db'}"),
-                     ops.LicenceTable.metadata)
-    instance.create_schema()
+                     ops.LicenceTable.metadata, migrations="licence")
+    instance.migrate()
     yield instance
     instance.dispose()
 

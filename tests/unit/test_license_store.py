@@ -327,8 +327,9 @@ OPERATIONS = st.lists(st.one_of(
 @settings(max_examples=60, deadline=None)
 @given(operations=OPERATIONS)
 def test_random_operations_grant_exactly_what_fits_and_never_more(operations) -> None:
-    store = Store(create_db_engine("sqlite:///:memory:"), ops.LicenceTable.metadata)
-    store.create_schema()
+    store = Store(create_db_engine("sqlite:///:memory:"), ops.LicenceTable.metadata,
+                  migrations="licence")
+    store.migrate()
     total: dict[str, int] = {}
     external: dict[str, int] = {}
     held: dict[str, dict[str, int]] = {}  # lease id -> what it holds
