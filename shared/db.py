@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -29,7 +30,7 @@ def create_db_engine(url: str) -> Engine:
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_connection: Any, _record: Any) -> None:
             cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
+            _use_wal(cursor)
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
@@ -39,6 +40,26 @@ def create_db_engine(url: str) -> Engine:
         # The driver Corral installs; SQLAlchemy 2.1 would otherwise look for psycopg 3.
         url = "postgresql+psycopg2://" + url.split("://", 1)[1]
     return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+
+
+def _use_wal(cursor: Any, patience: float = 30.0) -> None:
+    """Put a SQLite database in WAL mode, waiting while another connection holds it.
+
+    Switching a new database to WAL needs it to itself, and SQLite answers "database is locked"
+    at once rather than through its busy timeout: two processes opening one new database together
+    (services starting side by side) would otherwise see one of them fail.
+    """
+    if str(cursor.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal":
+        return  # the mode is stored in the database: every later connection finds it set
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)
 
 
 def clock_query(engine: Engine) -> str:
