@@ -63,9 +63,14 @@ class HolderService:
     @event_handler("scheduler", events.TASK_CANCELLED)
     def handle_task_cancelled(self, payload: dict[str, Any]) -> None:
         task_id = int(payload["task_id"])
+        if payload.get("attempt") is not None:  # the attempt that was stopped
+            self._released(self.store_ops.release_for_task(self.core.store, task_id,
+                                                           int(payload["attempt"])),
+                           f"task {task_id} was cancelled")
+            return
         task: dict[str, Any] | None
         try:
-            # The event names no attempt: the scheduler says which one is current.
+            # An event from a scheduler that named no attempt: it says which one is current.
             with eventlet.Timeout(self.core.settings.rpc_timeout_seconds):
                 task = self.scheduler.get_task(task_id)
         except NotFound:

@@ -837,7 +837,7 @@ def _cancel_tasks(session: Session, tasks: Sequence[Task], now: float) -> list[d
             continue
         if task.state == TaskState.RUNNING:
             killed.append({"task_id": task.id, "job_id": task.job_id,
-                           "worker_id": task.worker_id})
+                           "worker_id": task.worker_id, "attempt": task.attempt})
             attempt = session.scalars(select(Attempt).where(
                 Attempt.task_id == task.id, Attempt.lease_token == task.lease_token)).first()
             if attempt is not None:
@@ -970,7 +970,8 @@ def pause_job(store: Store, job_id: int, kill: bool = False) -> Outcome:
                 Task.job_id == job_id, Task.state == TaskState.RUNNING)).all()
             for task in running:
                 emitted.append((events.TASK_CANCELLED, {"task_id": task.id, "job_id": job_id,
-                                                        "worker_id": task.worker_id}))
+                                                        "worker_id": task.worker_id,
+                                                        "attempt": task.attempt}))
                 _requeue_at_head(session, task, AttemptState.CANCELLED, "job paused", now)
         return Outcome({"job_id": job_id, "paused": True, "killed_tasks": len(emitted)}, emitted)
 
@@ -1005,7 +1006,8 @@ def requeue_task(store: Store, task_id: int) -> Outcome:
         emitted: list[tuple[str, dict[str, Any]]] = []
         if task.state == TaskState.RUNNING:
             emitted.append((events.TASK_CANCELLED, {"task_id": task.id, "job_id": task.job_id,
-                                                    "worker_id": task.worker_id}))
+                                                    "worker_id": task.worker_id,
+                                                    "attempt": task.attempt}))
             _requeue_at_head(session, task, AttemptState.CANCELLED, "requeued", now)
         elif task.state == TaskState.DISPATCHED:
             task.attempt += 1  # the message already sent becomes stale

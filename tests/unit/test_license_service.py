@@ -107,6 +107,17 @@ def test_lost_worker_gives_its_leases_back(tmp_path: Path, store: Store) -> None
     assert changes(worker) == [{"name": "nuke", "total": 2, "free": 1}]
 
 
+def test_cancel_naming_its_attempt_gives_back_that_attempt_without_asking(tmp_path: Path,
+                                                                          store: Store) -> None:
+    worker = service(settings_with(tmp_path, {}), store)
+    worker.set_pool("nuke", 2)
+    worker.acquire("old", 7, 1, "w1", {"nuke": 1})
+    worker.acquire("new", 7, 2, "w2", {"nuke": 1})
+    worker.handle_task_cancelled({"task_id": 7, "job_id": 1, "worker_id": "w1", "attempt": 1})
+    assert [lease["id"] for lease in ops.leases(store)] == ["new"]
+    worker.scheduler.get_task.assert_not_called()
+
+
 def test_cancelled_task_asks_the_scheduler_which_attempt_ended(tmp_path: Path,
                                                                store: Store) -> None:
     worker = service(settings_with(tmp_path, {}), store)

@@ -205,8 +205,8 @@ def test_cancel_job_cancels_every_open_task(scheduler_store: Store) -> None:
     claim(scheduler_store, ids[0], "w1")
     outcome = ops.cancel_job(scheduler_store, job["id"])
     assert ops.get_job(scheduler_store, job["id"])["counts"] == {"cancelled": 3}
-    assert ("task_cancelled", {"task_id": ids[0], "job_id": job["id"], "worker_id": "w1"}) \
-        in outcome.events
+    assert ("task_cancelled", {"task_id": ids[0], "job_id": job["id"], "worker_id": "w1",
+                               "attempt": 1}) in outcome.events
     with pytest.raises(InvalidState):
         ops.cancel_task(scheduler_store, ids[1])
 
