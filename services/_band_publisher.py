@@ -65,6 +65,23 @@ class BandPublisher:
             self.close()
         return published
 
+    def send(self, queue: str, body: dict[str, Any]) -> None:
+        """Publish one persistent JSON message to a durable queue, confirmed; raises on failure."""
+        try:
+            channel = self._producer_channel()
+            if queue not in self._declared:
+                Queue(queue, durable=True, channel=channel).declare()
+                self._declared.add(queue)
+            channel.basic_publish(
+                channel.prepare_message(json.dumps(body).encode(), priority=0,
+                                        content_type="application/json",
+                                        content_encoding="utf-8",
+                                        properties={"delivery_mode": 2}),
+                exchange="", routing_key=queue, mandatory=False)
+        except Exception:
+            self.close()
+            raise
+
     def queue_depth(self, queue: str) -> int | None:
         """Messages ready in a queue, or None when the broker cannot tell us."""
         try:

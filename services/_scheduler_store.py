@@ -691,6 +691,34 @@ def _finish_job_if_complete(session: Session, job_id: int,
     return [(events.JOB_FINISHED, {"job_id": job_id, "state": job.state, "user": job.user})]
 
 
+def finish_report_fields(report: Mapping[str, Any]) -> dict[str, Any]:
+    """finish_task's arguments from a worker's finish report; ValueError names a bad field."""
+    if not isinstance(report, Mapping):
+        raise ValueError(f"a report is a JSON object, not {type(report).__name__}")
+
+    def field(name: str, kinds: tuple[type, ...], required: bool = False) -> Any:
+        value = report.get(name)
+        if value is None:
+            if required:
+                raise ValueError(f"{name} is missing")
+            return None
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            raise ValueError(f"{name} must be {' or '.join(k.__name__ for k in kinds)}, "
+                             f"not {value!r:.80}")
+        return value
+
+    return {"task_id": field("task_id", (int,), True),
+            "lease_token": field("lease_token", (str,), True),
+            "exit_code": field("exit_code", (int,)),
+            "result": report.get("result"),
+            "reason": field("reason", (str,)),
+            "log_tail": field("log_tail", (str,)),
+            "log_path": field("log_path", (str,)),
+            "process_started_at": field("process_started_at", (int, float)),
+            "process_ended_at": field("process_ended_at", (int, float)),
+            "peak_memory_mb": field("peak_memory_mb", (int,))}
+
+
 def finish_task(store: Store, task_id: int, lease_token: str, exit_code: int | None,
                 result: Any = None, reason: str | None = None, log_tail: str | None = None,
                 log_path: str | None = None, process_started_at: float | None = None,

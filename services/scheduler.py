@@ -26,7 +26,7 @@ from services import _scheduler_store as store_ops
 from services._band_publisher import BandPublisher
 from services._dispatch import Amounts, IdleWorker, Release
 from shared import events
-from shared.bands import REPORTS_QUEUE, band_for_priority, queue_name
+from shared.bands import DEAD_REPORTS_QUEUE, REPORTS_QUEUE, band_for_priority, queue_name
 from shared.config import Settings, settings_from_mapping
 from shared.contracts import LicenseRpc, NegotiatorRpc, RegistryRpc
 from shared.db import Store, create_db_engine
@@ -34,6 +34,9 @@ from shared.errors import EXPECTED_EXCEPTIONS, CorralError, InvalidSpec, NotFoun
 from shared.spec import JobPlan, validate_job_spec
 
 log = logging.getLogger(__name__)
+
+MAX_REPORT_TRIES = 8
+"""A finish report that fails this many times (not counting refusals) is set aside."""
 
 
 def _amounts(wire: dict[str, Any]) -> Amounts:
@@ -123,6 +126,11 @@ class Dispatcher:
         finally:
             self._lock.release()
         return released
+
+    def send(self, queue: str, body: dict[str, Any]) -> None:
+        """Publish one message to a durable queue on the scheduler's confirmed channel."""
+        with self._lock:
+            self.publisher.send(queue, body)
 
     def age_if_due(self) -> None:
         now = time.monotonic()
@@ -358,23 +366,45 @@ class SchedulerService:
     @consume(Queue(REPORTS_QUEUE, durable=True), requeue_on_error=True)
     def handle_finish_report(self, report: dict[str, Any]) -> None:
         """A worker's finish report, published rather than called: off the RPC path, and kept
-        in its durable queue while the scheduler is down. A report that can never apply is
-        dropped; anything else that fails (the database, say) puts it back to be tried again."""
+        in its durable queue while the scheduler is down.
+
+        A stale one (an old lease, a task gone) is dropped. One that fails for any other reason
+        (the database, say) is published again after a pause that grows with each try; one that
+        is malformed, or still fails after MAX_REPORT_TRIES, goes to corral.reports.dead with
+        the reason, for a person to look at: a poison report never loops, and none is lost.
+        """
         try:
-            outcome = store_ops.finish_task(
-                self.core.store, int(report["task_id"]), str(report["lease_token"]),
-                report.get("exit_code"), report.get("result"), report.get("reason"),
-                report.get("log_tail"), report.get("log_path"),
-                report.get("process_started_at"), report.get("process_ended_at"),
-                report.get("peak_memory_mb"))
+            fields = store_ops.finish_report_fields(report)
+        except ValueError as exc:
+            self._bury_report(report, f"malformed: {exc}")
+            return
+        try:
+            outcome = store_ops.finish_task(self.core.store, **fields)
         except (StaleLease, NotFound) as exc:
             log.warning("finish report refused: %s", exc)
             return
-        except (KeyError, TypeError, ValueError) as exc:
-            log.error("dropping a malformed finish report %r: %s", report, exc)
+        except Exception as exc:
+            self._retry_report(report, exc)
             return
         self.core.request_release()
         self._emit(outcome.events)
+
+    def _retry_report(self, report: dict[str, Any], error: Exception) -> None:
+        tries = int(report.get("tries") or 0) + 1
+        if tries >= MAX_REPORT_TRIES:
+            self._bury_report(report, f"failed {tries} times, last: {error!r}")
+            return
+        log.warning("finish report of task %s failed (%r); trying again (%d of %d)",
+                    report.get("task_id"), error, tries, MAX_REPORT_TRIES)
+        eventlet.sleep(min(0.1 * 2 ** tries, 10.0))
+        # If this publish fails too, the error reaches nameko, which puts the original back.
+        self.core.send(REPORTS_QUEUE, {**report, "tries": tries})
+
+    def _bury_report(self, report: dict[str, Any], why: str) -> None:
+        log.error("finish report %r cannot be applied (%s): kept in %s", report, why,
+                  DEAD_REPORTS_QUEUE)
+        self.core.send(DEAD_REPORTS_QUEUE, {"report": report, "error": why,
+                                            "at": time.time()})
 
     @rpc(expected_exceptions=EXPECTED_EXCEPTIONS)
     def hand_back_task(self, task_id: int, lease_token: str, reason: str,

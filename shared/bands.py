@@ -62,6 +62,8 @@ def band_rank(bands: Iterable[Band], name: str) -> int:
 
 
 REPORTS_QUEUE = "corral.reports"
+DEAD_REPORTS_QUEUE = "corral.reports.dead"
+"""Finish reports the scheduler could not apply, kept for a person to look at."""
 """Durable queue of workers' finish reports: published with confirms, applied by the scheduler."""
 
 

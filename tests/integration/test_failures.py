@@ -1,9 +1,12 @@
 """A worker, a service or the broker dies mid-run: no task is lost, none completes twice."""
 
+import json
 import signal
 import time
 from collections import Counter
 from pathlib import Path
+
+from kombu import Connection
 
 from tests.farm import Farm, rabbitmqctl
 
@@ -99,3 +102,23 @@ def test_worker_stopping_with_hand_back_requeues_its_task_uncharged(farm: Farm,
     attempts = farm.rpc.scheduler.get_task(task_id)["attempts"]
     assert [(a["state"], a["worker_id"] == taker) for a in attempts] == \
         [("handed_back", False), ("done", True)]
+
+
+def test_a_poison_finish_report_is_set_aside_and_the_next_one_still_applies(farm: Farm) -> None:
+    farm.start(workers=1)
+    poison = {"task_id": 1, "lease_token": "x", "exit_code": 0, "peak_memory_mb": {"rss": 1}}
+    with Connection(farm.amqp_uri) as connection:
+        connection.Producer().publish(json.dumps(poison), routing_key="corral.reports",
+                                      content_type="application/json")
+    farm.wait_for(lambda: farm.queue_counts().get("corral.reports.dead") == (1, 0), 20,
+                  "the poison report to be set aside")
+    with Connection(farm.amqp_uri) as connection:
+        message = connection.SimpleQueue("corral.reports.dead").get(timeout=5)
+        kept = json.loads(message.body)
+        message.ack()
+    assert kept["report"] == poison
+    assert kept["error"] == "malformed: peak_memory_mb must be int, not {'rss': 1}"
+    # The scheduler is not stuck on it: real reports keep being applied.
+    job = farm.submit([{"command": ["true"]}] * 3)
+    assert farm.wait_for_job(job["id"])["counts"] == {"done": 3}
+    assert farm.queue_counts()["corral.reports"] == (0, 0)

@@ -1,6 +1,7 @@
 """The scheduler's state changes, on SQLite and PostgreSQL alike."""
 
 import json
+import re
 import time
 from typing import Any
 
@@ -255,3 +256,28 @@ def test_a_released_message_carries_what_its_worker_books(scheduler_store: Store
     # A message published again says the same.
     resent = {r.task_id: r for r in ops.stale_dispatches(scheduler_store, -1)}
     assert resent[booked].wants == plan[booked].wants and resent[plain].wants is None
+
+
+@pytest.mark.parametrize(("report", "error"), [
+    ({"lease_token": "t"}, "task_id is missing"),
+    ({"task_id": "7", "lease_token": "t"}, "task_id must be int, not '7'"),
+    ({"task_id": 7, "lease_token": "t", "exit_code": True}, "exit_code must be int"),
+    ({"task_id": 7, "lease_token": "t", "peak_memory_mb": {"rss": 1}},
+     "peak_memory_mb must be int, not {'rss': 1}"),
+    (["not", "an", "object"], "a report is a JSON object, not list"),
+])
+def test_a_malformed_finish_report_is_refused_naming_the_field(report: Any, error: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(error)):
+        ops.finish_report_fields(report)
+
+
+def test_a_finish_report_becomes_finish_task_arguments(scheduler_store: Store) -> None:
+    (task_id,) = task_ids(scheduler_store, submit(scheduler_store)["id"])
+    token = claim(scheduler_store, task_id)["lease_token"]
+    fields = ops.finish_report_fields({"task_id": task_id, "lease_token": token, "exit_code": 0,
+                                       "result": {"frames": 10}, "process_started_at": 1,
+                                       "process_ended_at": 2.5, "peak_memory_mb": 12})
+    ops.finish_task(scheduler_store, **fields)
+    task = ops.get_task(scheduler_store, task_id)
+    assert (task["state"], task["result"]) == ("done", {"frames": 10})
+    assert task["attempts"][0]["peak_memory_mb"] == 12
