@@ -164,6 +164,10 @@ class TaskDependency(SchedulerTable, table=True):
 
 
 class Attempt(SchedulerTable, table=True):
+    # Failed attempts are few: the bad-host check of every release pass starts from them
+    # rather than from every attempt of the jobs it looks at.
+    __table_args__ = (Index("ix_attempt_state_task", "state", "task_id"),)
+
     id: int | None = Field(default=None, primary_key=True)
     task_id: int = Field(index=True, foreign_key="task.id")
     number: int

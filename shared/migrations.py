@@ -6,7 +6,8 @@ three kinds of database:
 
 - empty: every revision runs, from nothing to the newest (the head);
 - made by `create_all` before Corral had migrations (the tree's tables, no version table): it is
-  recognised as the newest revision whose tables and columns it has exactly, recorded as that
+  recognised as the oldest revision whose tables and columns it has exactly (revisions that only
+  add an index leave them alike, and such a database predates them all), recorded as that
   revision, and upgraded from there; tables matching no revision are refused with SchemaError;
 - versioned: upgraded from its revision, which is nothing to do at the head.
 
@@ -214,7 +215,7 @@ def _recognise(connection: Connection, tree: str, revisions: list[str]) -> str |
     found = _shape(connection, tree, ours)
     if not found:
         return None
-    for revision, shape in reversed(shapes):
+    for revision, shape in shapes:  # the oldest match: later index-only revisions still run
         if shape == found:
             return revision
     newest = shapes[-1][1]

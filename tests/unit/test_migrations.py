@@ -158,10 +158,10 @@ def test_migrations_build_what_create_all_builds_down_to_every_index_and_key(
 
 def test_scheduler_revision_0001_is_todays_schema_without_task_licences(
         new_engine: Callable[[], Engine]) -> None:
-    at_0001, at_head = new_engine(), new_engine()
+    at_0001, at_0002 = new_engine(), new_engine()
     upgrade_to(at_0001, "scheduler", "0001")
-    upgrade(at_head, "scheduler")
-    expected = schema_of(at_head)
+    upgrade_to(at_0002, "scheduler", "0002")
+    expected = schema_of(at_0002)
     del expected["task"]["columns"]["licences"]
     assert schema_of(at_0001) == expected
 
@@ -170,7 +170,7 @@ def test_the_comparison_finds_a_column_the_migrations_do_not_add(
         new_engine: Callable[[], Engine]) -> None:
     engine = new_engine()
     upgrade_to(engine, "scheduler", "0001")
-    found = differences(engine, "scheduler")
+    found = [change for change in differences(engine, "scheduler") if change[0] == "add_column"]
     assert [(kind, table, column.name) for kind, _, table, column in found] == [
         ("add_column", "task", "licences")]
 
@@ -217,7 +217,7 @@ def test_a_scheduler_database_from_before_migrations_is_migrated_at_start_and_ke
     insert_old_job_and_task(engine)
 
     store = Store(engine, SchedulerTable.metadata, migrations="scheduler")
-    assert store.migrate() == Upgrade(None, "0002", recognised="0001")
+    assert store.migrate() == Upgrade(None, head_revision("scheduler"), recognised="0001")
 
     old = scheduler_ops.get_task(store, 70)
     assert (old["name"], old["resources"], old["licences"]) == ("old-0", {"cores": 2}, None)
@@ -232,13 +232,17 @@ def test_a_scheduler_database_from_before_migrations_is_migrated_at_start_and_ke
 
 
 @pytest.mark.parametrize("tree", TREES)
-def test_a_database_made_by_create_all_from_todays_models_is_recognised_as_the_head(
+def test_a_database_made_by_create_all_from_todays_models_is_recognised_and_brought_to_the_head(
         new_engine: Callable[[], Engine], tree: str) -> None:
     engine = new_engine()
     METADATA[tree].create_all(engine)
     head = head_revision(tree)
-    assert upgrade(engine, tree) == Upgrade(None, head, recognised=head)
+    # Recognised by its tables and columns: the oldest revision that has them all (the
+    # scheduler's 0003 only adds an index), then upgraded, finding that index already there.
+    oldest_alike = {"scheduler": "0002"}.get(tree, head)
+    assert upgrade(engine, tree) == Upgrade(None, head, recognised=oldest_alike)
     assert version_rows(engine, tree) == [head]
+    assert differences(engine, tree) == []
 
 
 def test_tables_that_match_no_revision_are_refused_and_left_alone(
@@ -318,10 +322,11 @@ def test_processes_starting_together_on_a_new_database_migrate_it_once(
     outputs = [process.communicate(timeout=120) for process in processes]
     assert all(process.returncode == 0 for process in processes), outputs
     # One found the database empty and migrated it; the others waited and found it done.
-    assert sorted(out.strip() for out, _ in outputs) == ["0002", "0002", "None"]
+    head = head_revision("scheduler")
+    assert sorted(out.strip() for out, _ in outputs) == [head, head, "None"]
     engine = create_db_engine(url)
     try:
-        assert version_rows(engine, "scheduler") == ["0002"]
+        assert version_rows(engine, "scheduler") == [head]
         assert differences(engine, "scheduler") == []
     finally:
         engine.dispose()
@@ -336,7 +341,8 @@ def test_a_migration_logs_one_line_per_revision_and_alembic_stays_quiet(
     engine.dispose()
     assert [(record.name, record.getMessage().split(" (")[0]) for record in caplog.records] == [
         ("corral.migrations", "scheduler database: migrated to revision 0001"),
-        ("corral.migrations", "scheduler database: migrated to revision 0002")]
+        ("corral.migrations", "scheduler database: migrated to revision 0002"),
+        ("corral.migrations", "scheduler database: migrated to revision 0003")]
 
 
 # --- downgrades, kept where trivial ------------------------------------------------------------
@@ -390,11 +396,12 @@ def test_corral_db_upgrade_of_one_service_leaves_the_others_alone(
     result = runner.invoke(app, ["db", "upgrade", "--service", "scheduler",
                                  "--config", str(farm_config)])
     assert result.exit_code == 0, result.output
-    assert "scheduler" in result.output and "0002" in result.output
+    head = head_revision("scheduler")
+    assert "scheduler" in result.output and head in result.output
     assert [path.name for path in (tmp_path / "data").glob("*.db")] == ["scheduler.db"]
     current = runner.invoke(app, ["db", "current", "--config", str(farm_config), "--json"])
     revisions = {entry["service"]: entry["revision"] for entry in json.loads(current.output)}
-    assert revisions == {"scheduler": "0002", "registry": None, "negotiator": None, "licence": None}
+    assert revisions == {"scheduler": head, "registry": None, "negotiator": None, "licence": None}
 
 
 def test_corral_db_refuses_an_unknown_service(farm_config: Path) -> None:
@@ -417,12 +424,13 @@ def test_the_documented_revision_command_writes_the_next_numbered_revision(tmp_p
         done = subprocess.run(alembic + argv, cwd=ROOT, env=env, capture_output=True, text=True,
                               timeout=120)
         assert done.returncode == 0, done.stdout + done.stderr
-    generated = (trees / "scheduler" / "versions" / "0003_nothing_new.py").read_text()
-    assert ("0003", "0002") == (revision_ids(generated))
-    # The models have not changed since 0002, so the revision has nothing to do.
+    head = int(head_revision("scheduler"))
+    generated = (trees / "scheduler" / "versions" / f"{head + 1:04d}_nothing_new.py").read_text()
+    assert (f"{head + 1:04d}", f"{head:04d}") == (revision_ids(generated))
+    # The models have not changed since the head, so the revision has nothing to do.
     assert re.search(r"def upgrade\(\) -> None:\n(    #.*\n)*    pass\n", generated)
-    by_hand = (trees / "scheduler" / "versions" / "0004_by_hand.py").read_text()
-    assert ("0004", "0003") == revision_ids(by_hand)
+    by_hand = (trees / "scheduler" / "versions" / f"{head + 2:04d}_by_hand.py").read_text()
+    assert (f"{head + 2:04d}", f"{head + 1:04d}") == revision_ids(by_hand)
 
 
 def revision_ids(source: str) -> tuple[str, str]:
