@@ -1,10 +1,10 @@
 # Stores on both real databases: SQLite files and a fresh PostgreSQL database.
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import MetaData, text
 
 from services._license_store import LicenceTable
 from services._negotiator_store import NegotiatorTable
@@ -32,29 +32,19 @@ def _store(request: pytest.FixtureRequest, tmp_path: Path, metadata, name: str) 
     return store
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def scheduler_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    store = _store(request, tmp_path, SchedulerTable.metadata, "scheduler")
-    yield store
-    store.dispose()
+def _store_fixture(metadata: MetaData, name: str) -> Callable[..., Iterator[Store]]:
+    """A fixture giving a freshly migrated `name` database, once on SQLite, once on PostgreSQL."""
+
+    @pytest.fixture(params=["sqlite", "postgresql"])
+    def fixture(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+        store = _store(request, tmp_path, metadata, name)
+        yield store
+        store.dispose()
+
+    return fixture
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def registry_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    store = _store(request, tmp_path, RegistryTable.metadata, "registry")
-    yield store
-    store.dispose()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def negotiator_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    store = _store(request, tmp_path, NegotiatorTable.metadata, "negotiator")
-    yield store
-    store.dispose()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def licence_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    store = _store(request, tmp_path, LicenceTable.metadata, "licence")
-    yield store
-    store.dispose()
+scheduler_store = _store_fixture(SchedulerTable.metadata, "scheduler")
+registry_store = _store_fixture(RegistryTable.metadata, "registry")
+negotiator_store = _store_fixture(NegotiatorTable.metadata, "negotiator")
+licence_store = _store_fixture(LicenceTable.metadata, "licence")
