@@ -11,6 +11,7 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import eventlet
@@ -221,12 +222,10 @@ class SchedulerService:
         wanted = {name: task for task in plan.tasks for name in (task.licences or {})}
         if not wanted:
             return
-        try:
-            with eventlet.Timeout(self.core.settings.rpc_timeout_seconds):
-                pools = self.license.list_pools()
-        except (Exception, eventlet.Timeout) as exc:
-            log.warning("could not check licences %s with the licence service: %s",
-                        ", ".join(sorted(wanted)), exc)
+        pools = self._ask(self.license.list_pools,
+                          f"could not check licences {', '.join(sorted(wanted))} with the licence "
+                          "service", logging.WARNING)
+        if pools is None:
             return
         self.core.set_licences(pools)
         known = sorted(pool["name"] for pool in pools)
@@ -422,16 +421,20 @@ class SchedulerService:
                              payload.get("host", ""))
         self.core.request_release()
 
-    def _refresh_hosts(self) -> None:
-        """Re-read every host's totals and free amounts (events keep them current between)."""
+    def _ask(self, call: Callable[[], Any], failing: str, level: int = logging.DEBUG) -> Any:
+        """Another service's answer within the RPC timeout, or None (logged) when it has none."""
         try:
             with eventlet.Timeout(self.core.settings.rpc_timeout_seconds):
-                hosts = self.negotiator.list_hosts()
+                return call()
         except (Exception, eventlet.Timeout) as exc:
-            # No negotiator on this farm (or not yet): tasks are placed without host limits.
-            log.debug("no host view from the resource negotiator: %s", exc)
-            return
-        for host in hosts:
+            log.log(level, "%s: %s", failing, exc)
+            return None
+
+    def _refresh_hosts(self) -> None:
+        """Re-read every host's totals and free amounts (events keep them current between)."""
+        # No negotiator on this farm (or not yet): tasks are placed without host limits.
+        hosts = self._ask(self.negotiator.list_hosts, "no host view from the resource negotiator")
+        for host in hosts or ():
             self.core.set_host(host["host"], host["totals"], host["free"])
 
     @event_handler("resource_negotiator", events.HOST_CHANGED)
@@ -442,14 +445,10 @@ class SchedulerService:
 
     def _refresh_licences(self) -> None:
         """Re-read every licence pool (events keep them current between)."""
-        try:
-            with eventlet.Timeout(self.core.settings.rpc_timeout_seconds):
-                pools = self.license.list_pools()
-        except (Exception, eventlet.Timeout) as exc:
-            # No licence service (or not yet): tasks needing licences wait; others are unaffected.
-            log.debug("no licence view from the licence service: %s", exc)
-            return
-        self.core.set_licences(pools)
+        # No licence service (or not yet): tasks needing licences wait; others are unaffected.
+        pools = self._ask(self.license.list_pools, "no licence view from the licence service")
+        if pools is not None:
+            self.core.set_licences(pools)
 
     @event_handler("license", events.LICENCE_CHANGED)
     def handle_licence_changed(self, payload: dict[str, Any]) -> None:
