@@ -700,6 +700,10 @@ def status(config: Path | None = ConfigOption, as_json: bool = JsonOption) -> No
     for queue in overview["queues"]:
         table.add_row(queue["queue"], str(queue["messages"]), str(queue["consumers"]))
     console.print(table)
+    reports = overview.get("reports") or {}
+    if reports.get("dead"):
+        err_console.print(f"[red]{reports['dead']} finish reports could not be applied[/red]: "
+                          "they are kept in corral.reports.dead (see the scheduler's log)")
     for service in overview["services"]:
         mark = "[green]up[/green]" if service["alive"] else "[red]silent[/red]"
         console.print(f"{service['service']} on {service['host']}: {mark}")

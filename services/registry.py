@@ -18,7 +18,7 @@ from nameko.rpc import rpc
 from nameko.timer import timer
 
 from services import _registry_store as store_ops
-from shared.bands import queue_name
+from shared.bands import DEAD_REPORTS_QUEUE, REPORTS_QUEUE, queue_name
 from shared.config import Settings, settings_from_mapping
 from shared.db import Store, create_db_engine
 from shared.errors import EXPECTED_EXCEPTIONS
@@ -33,23 +33,30 @@ class RegistryState:
         self.settings = settings
         self.store = store
 
-    def queue_depths(self, pools: set[str]) -> list[dict[str, Any]]:
-        """Messages and consumers of every pool-and-band queue, read with passive declares."""
+    def queue_depths(self, pools: set[str]) -> tuple[list[dict[str, Any]], dict[str, int]]:
+        """Messages and consumers of every pool-and-band queue, and the finish reports waiting
+        and set aside (corral.reports.dead), read with passive declares."""
         depths = []
         with Connection(self.settings.amqp_uri, connect_timeout=5) as connection:
+
+            def depth(name: str) -> tuple[int, int]:
+                try:
+                    channel = connection.channel()
+                    _, messages, consumers = Queue(name, channel=channel).queue_declare(
+                        passive=True)
+                    channel.close()
+                    return int(messages), int(consumers)
+                except Exception:  # the queue does not exist yet: nothing ever went there
+                    return 0, 0
+
             for pool in sorted(pools):
                 for band in self.settings.bands:
                     name = queue_name(pool, band.name)
-                    try:
-                        channel = connection.channel()
-                        _, messages, consumers = Queue(name, channel=channel).queue_declare(
-                            passive=True)
-                        channel.close()
-                    except Exception:  # the queue does not exist yet: nothing ever ran there
-                        messages, consumers = 0, 0
+                    messages, consumers = depth(name)
                     depths.append({"pool": pool, "band": band.name, "queue": name,
                                    "messages": messages, "consumers": consumers})
-        return depths
+            reports = {"waiting": depth(REPORTS_QUEUE)[0], "dead": depth(DEAD_REPORTS_QUEUE)[0]}
+        return depths, reports
 
 
 class RegistryCore(DependencyProvider):
@@ -118,10 +125,12 @@ class RegistryService:
         workers = store_ops.list_workers(self.core.store)
         by_state = Counter(w["state"] for w in workers)
         pools = {w["pool"] for w in workers}
+        queues, reports = self.core.queue_depths(pools)
         return {
             "workers": dict(by_state),
             "hosts": sorted({w["host"] for w in workers if w["state"] not in ("left", "lost")}),
-            "queues": self.core.queue_depths(pools),
+            "queues": queues,
+            "reports": reports,
             "services": store_ops.list_services(self.core.store,
                                                 self.core.settings.worker_lost_after),
         }

@@ -2,13 +2,15 @@
 
 import json
 import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
 
 from kombu import Connection
 
-from tests.farm import Farm, rabbitmqctl
+from tests.farm import CONFIG, ROOT, Farm, rabbitmqctl
 
 
 def ledger_task(ledger: Path, seconds: float) -> dict:
@@ -112,12 +114,18 @@ def test_a_poison_finish_report_is_set_aside_and_the_next_one_still_applies(farm
                                       content_type="application/json")
     farm.wait_for(lambda: farm.queue_counts().get("corral.reports.dead") == (1, 0), 20,
                   "the poison report to be set aside")
+    assert farm.rpc.registry.farm_overview()["reports"] == {"waiting": 0, "dead": 1}
+    status = subprocess.run([sys.executable, "-m", "services.cli", "status", "--config",
+                             str(CONFIG)], env=farm.env, cwd=ROOT, capture_output=True,
+                            text=True, timeout=60)
+    assert "1 finish reports could not be applied" in status.stderr
     with Connection(farm.amqp_uri) as connection:
         message = connection.SimpleQueue("corral.reports.dead").get(timeout=5)
         kept = json.loads(message.body)
         message.ack()
     assert kept["report"] == poison
     assert kept["error"] == "malformed: peak_memory_mb must be int, not {'rss': 1}"
+    assert farm.rpc.registry.farm_overview()["reports"] == {"waiting": 0, "dead": 0}
     # The scheduler is not stuck on it: real reports keep being applied.
     job = farm.submit([{"command": ["true"]}] * 3)
     assert farm.wait_for_job(job["id"])["counts"] == {"done": 3}
