@@ -8,6 +8,8 @@ a temporary folder, then prints one JSON object:
   (same machine), plus the submit call itself and submit-sent to started.
 - burst: one job of 2,000 `true` tasks on two workers: tasks per second from the first start to
   the last end, and the largest gap between consecutive starts.
+- with --resources and --licences: the sequential figure again with tasks that reserve resources,
+  or lease a licence, and what each adds to the p50.
 
 Run it with `.venv/bin/python -m bench.dispatch` (or `--sequential 50 --burst 500` for a quick
 look). Targets (2-core machine, everything on it): p50 <= 5 ms, p99 <= 15 ms, >= 500 tasks/s,
@@ -32,6 +34,7 @@ from kombu import Connection, Exchange, Queue
 from tests.farm import AMQP_HOST, Farm, create_vhost, delete_vhost
 
 RESERVED = {"cores": 1, "memory": "64M"}
+LEASED = {"bench": 1}
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -81,9 +84,9 @@ class JobWatcher:
 
 
 def sequential(farm: Farm, watcher: JobWatcher, count: int,
-               resources: dict[str, Any] | None = None) -> dict[str, Any]:
+               **extra: Any) -> dict[str, Any]:
+    """`extra` goes into every job spec: resources, licences."""
     accepted_to_start, call, sent_to_start = [], [], []
-    extra = {"resources": resources} if resources else {}
     for _ in range(count):
         sent = time.time()
         job = farm.rpc.scheduler.submit_job({"tasks": [{"command": ["true"]}], **extra})
@@ -126,6 +129,9 @@ def main() -> int:
     parser.add_argument("--resources", action="store_true",
                         help="Also measure submit-to-start with a resource negotiator and tasks "
                              "that reserve 1 core / 64 MB, against the same without.")
+    parser.add_argument("--licences", action="store_true",
+                        help="Also measure submit-to-start with the license service and tasks "
+                             "that lease one licence, against the same without.")
     args = parser.parse_args()
     vhost = create_vhost()
     with tempfile.TemporaryDirectory(prefix="corral-bench-") as directory:
@@ -136,9 +142,13 @@ def main() -> int:
                          # The burst is one user's 2,000 tasks: past the default per-user limit.
                          "CORRAL_MAX_QUEUED_PER_USER": "100000"})
         try:
-            farm.start(workers=0 if args.resources else args.workers)
+            farm.start(workers=0 if args.resources or args.licences else args.workers)
+            if args.licences:
+                farm.start_service("license")
+                farm.rpc.license.set_pool("bench", 1000)
             if args.resources:
                 farm.start_service("resource_negotiator")
+            if args.resources or args.licences:
                 for number in range(args.workers):
                     farm.start_worker("--cores", "64", "--memory", "64G",
                                       name=f"worker-{number + 1}")
@@ -147,13 +157,19 @@ def main() -> int:
             sequential(farm, watcher, 10)  # warm-up: first connections, SQLite pages
             report = {"machine_cores": os.cpu_count(), "workers": args.workers,
                       "sequential": sequential(farm, watcher, args.sequential)}
+            baseline = report["sequential"]["accepted_to_started"]["p50_ms"]
             if args.resources:
-                sequential(farm, watcher, 10, RESERVED)  # warm-up of the reservation path
-                with_resources = sequential(farm, watcher, args.sequential, RESERVED)
+                sequential(farm, watcher, 10, resources=RESERVED)  # warm-up of that path
+                with_resources = sequential(farm, watcher, args.sequential, resources=RESERVED)
                 report["sequential_with_resources"] = with_resources
                 report["reservation_adds_p50_ms"] = round(
-                    with_resources["accepted_to_started"]["p50_ms"]
-                    - report["sequential"]["accepted_to_started"]["p50_ms"], 2)
+                    with_resources["accepted_to_started"]["p50_ms"] - baseline, 2)
+            if args.licences:
+                sequential(farm, watcher, 10, licences=LEASED)  # warm-up of that path
+                with_licences = sequential(farm, watcher, args.sequential, licences=LEASED)
+                report["sequential_with_licences"] = with_licences
+                report["licence_adds_p50_ms"] = round(
+                    with_licences["accepted_to_started"]["p50_ms"] - baseline, 2)
             report["burst"] = burst(farm, watcher, args.burst)
             watcher.close()
         finally:
