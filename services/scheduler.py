@@ -52,6 +52,10 @@ class Dispatcher:
         self.settings = settings
         self.store = store
         self.publisher = BandPublisher(settings.amqp_uri)
+        # Its own channel for the rare messages outside release passes (finish reports tried
+        # again or set aside), so they never hold the lock that says a pass is running.
+        self.side_publisher = BandPublisher(settings.amqp_uri)
+        self._side_lock = threading.Lock()
         self.workers: dict[str, IdleWorker] = {}
         self.bands_high_first = [b.name for b in sorted(settings.bands, reverse=True)]
         self._spawn = spawn
@@ -129,9 +133,9 @@ class Dispatcher:
         return released
 
     def send(self, queue: str, body: dict[str, Any]) -> None:
-        """Publish one message to a durable queue on the scheduler's confirmed channel."""
-        with self._lock:
-            self.publisher.send(queue, body)
+        """Publish one message to a durable queue, confirmed; raises when the broker refuses."""
+        with self._side_lock:
+            self.side_publisher.send(queue, body)
 
     def age_if_due(self) -> None:
         now = time.monotonic()
@@ -182,6 +186,7 @@ class SchedulerCore(DependencyProvider):
 
     def stop(self) -> None:
         self.dispatcher.publisher.close()
+        self.dispatcher.side_publisher.close()
         self.dispatcher.store.dispose()
 
     def get_dependency(self, worker_ctx: Any) -> Dispatcher:
