@@ -81,7 +81,6 @@ class Worker:
         self._connected = asyncio.Event()
         self._draining = asyncio.Event()
         self._stopped = asyncio.Event()
-        self._lease_token: str | None = None
 
     # --- life cycle -----------------------------------------------------------------------------
 
@@ -380,7 +379,6 @@ class Worker:
         # The task is ours from the claim on: its lease is renewed (and a cancel reaches it)
         # while the bookings are still being answered, however long a service takes to.
         self.current = run
-        self._lease_token = claim["lease_token"]
         renewals = asyncio.create_task(self._renew_loop(run, claim["lease_token"]))
         held: dict[str, dict[str, Any]] = {}
         try:
