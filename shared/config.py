@@ -12,8 +12,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from shared.bands import Band, parse_bands
-from shared.errors import ConfigError
+from shared.errors import ConfigError, CorralError
 from shared.licences import LICENCE_NAME
+from shared.resources import parse_size
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "deploy" / "config.yaml"
 CONFIG_ENV_VAR = "CORRAL_CONFIG"
@@ -57,14 +58,22 @@ class LicencePoolConfig(BaseModel):
     command).
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     count: int | None = Field(default=None, ge=0, strict=True)
+    """The pool's total: for good, or until the first reading of its licence server."""
     flexlm: tuple[str, ...] | None = Field(default=None, min_length=1)
+    """A FlexLM status command's argv (`[lmutil, lmstat, -a, -c, 27000@server]`), run without a
+    shell."""
     rlm: tuple[str, ...] | None = Field(default=None, min_length=1)
+    """An RLM status command's argv (`[rlmutil, rlmstat, -a, -c, 5053@server]`), run without a
+    shell."""
     feature: str | None = Field(default=None, min_length=1)
+    """The licence server's feature to count. Default: the pool's name."""
     interval: float = Field(default=30, gt=0)
+    """Seconds between two runs of the status command."""
     timeout: float = Field(default=20, gt=0)
+    """Seconds the status command may take before it is killed (the pool keeps its last counts)."""
 
     @model_validator(mode="after")
     def _one_source(self) -> LicencePoolConfig:
@@ -85,30 +94,142 @@ class LicencePoolConfig(BaseModel):
         return "flexlm" if self.flexlm is not None else "rlm" if self.rlm is not None else "manual"
 
 
-class Settings(BaseModel):
-    """Everything a Corral process needs to know, read once at start."""
+class WebSettings(BaseModel):
+    """The monitor's own settings (`CORRAL.web`): where it listens, its limits, its cookies."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    bind: str = "127.0.0.1:8480"
+    """The address the monitor listens on (`corral web`, `corral up`)."""
+    workers: int = Field(default=2, gt=0)
+    """gunicorn worker processes."""
+    threads: int = Field(default=8, gt=0)
+    """Threads in each gunicorn worker."""
+    rpc_timeout_seconds: float = Field(default=2.0, gt=0)
+    """A service or the broker silent this long gets a 503 naming it, never a hang."""
+    upload_limit_bytes: int = Field(default=1 << 30, gt=0)
+    """Largest file upload into the storage root; larger ones get 413."""
+    session_seconds: float = Field(default=43200, gt=0)
+    """How long a page login lasts."""
+    secure_cookies: bool = False
+    """Cookies only over HTTPS."""
+    behind_proxy: bool = False
+    """Trust one proxy's X-Forwarded-Proto/-For (cookies are then Secure whenever it says https)."""
+    public_read: bool = True
+    """Anonymous people may read the pages, the API's reads and /metrics; nobody changes anything
+    without logging in, whatever this says."""
+
+
+class Settings(BaseModel):
+    """Everything a Corral process needs to know, read once at start.
+
+    Each field's docstring is its entry in docs/configuration.md (`python -m shared.config_reference`).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     amqp_uri: str
+    """The RabbitMQ broker every part connects to, as an AMQP URL with user, password and vhost."""
     data_dir: Path
+    """Folder of the SQLite databases of services given no database URL (relative: to the folder
+    the process starts in)."""
     storage_root: Path
+    """Task logs and result files: a path every worker and the monitor reach (a share on a studio
+    farm). Empty: `storage` in the data folder."""
     scheduler_db: str
+    """The scheduler's database (jobs, tasks, attempts, leases): a SQLAlchemy URL such as
+    `postgresql://user:password@host/corral_scheduler`. Empty: `scheduler.db` in the data folder."""
     registry_db: str
+    """The registry's database (workers, hosts, service heartbeats). Empty: `registry.db` in the
+    data folder."""
     negotiator_db: str
+    """The resource negotiator's database (hosts' totals and reservations). Empty:
+    `negotiator.db` in the data folder."""
     licence_db: str
+    """The license service's database (licence pools and leases). Empty: `licence.db` in the data
+    folder."""
+    cleanup_db: str
+    """The cleanup service's database (retention clocks of finished jobs). Empty: `cleanup.db`
+    in the data folder."""
     bands: tuple[Band, ...]
+    """Priority bands, `name: [low, high]` inclusive and not overlapping; a job whose priority is
+    outside every band is refused, and each pool has one queue per band."""
     lease_seconds: float = Field(gt=0)
+    """How long a running task's lease lasts; workers renew it every heartbeat, and one that
+    expires puts the task back at the head of its band without charging a retry."""
     heartbeat_seconds: float = Field(gt=0)
+    """How often workers renew their leases and report to the registry: at most half of
+    `lease_seconds`."""
     worker_lost_after: float = Field(gt=0)
+    """A worker silent this long is marked lost, and its reservations and licences are freed."""
     redispatch_seconds: float = Field(gt=0)
+    """A task message not claimed after this long is published again (a duplicate is harmless)."""
     rpc_timeout_seconds: float = Field(gt=0)
+    """How long a call from one part to another waits for its answer."""
     max_env_bytes: int = Field(gt=0)
+    """Most bytes of environment variables a job spec may give a task."""
     max_tasks_per_job: int = Field(gt=0)
+    """Most tasks one job may have (its frame ranges and chunks included)."""
     log_tail_bytes: int = Field(ge=0)
+    """How much of the end of a failed task's log is kept with its attempt."""
     max_queued_per_user: int = Field(gt=0)
+    """Most tasks one user may have waiting; a submit that would pass it is refused."""
     aging_seconds: float = Field(gt=0)
+    """Every this many seconds a waiting task's priority rises by one, up to its band's top."""
     licences: dict[str, LicencePoolConfig] = Field(default_factory=dict)
+    """Licence pools the license service creates at start if missing, by name (see the licence
+    pool settings below)."""
+    secret: str = ""
+    """The farm's signing secret (at least 32 characters, the same on every service): it signs
+    every token. Empty: the local farm's own, made by `corral up` in the data folder."""
+    worker_token: str = ""
+    """The token workers and pools present (role `worker`). Empty: the local farm's worker
+    credential in the data folder."""
+    token: str = ""
+    """The token the CLI presents. Empty: `corral login`'s, else the local farm's administrator
+    credential."""
+    revocation_refresh_seconds: float = Field(default=10, gt=0)
+    """How often every service re-reads the list of revoked token ids from the registry."""
+    login_ttl_seconds: float = Field(default=43200, gt=0)
+    """How long a token made by `corral login` lasts."""
+    web: WebSettings = Field(default_factory=WebSettings)
+    """The monitor's own settings (`CORRAL.web`): see the monitor's section of the README."""
+    # --- the cleanup service: retention, each measured from when the thing ended --------------
+    cleanup_interval_seconds: float = Field(gt=0)
+    """How often the cleanup service makes a removal pass."""
+    retention_logs_seconds: float | None = Field(ge=0)
+    """Seconds after a job ended before its logs are removed (`off`: kept for ever)."""
+    retention_scratch_seconds: float | None = Field(ge=0)
+    """Seconds after a job ended before its scratch folders are removed (`off`: kept)."""
+    retention_results_seconds: float | None = Field(ge=0)
+    """Seconds after a job ended before results nobody collected are removed (`off`: kept)."""
+    retention_collected_seconds: float = Field(ge=0)
+    """Seconds after a result was collected before it is removed (pyLoadBalancer's 60 s)."""
+    retention_records_seconds: float | None = Field(ge=0)
+    """Seconds after a job ended before its records are purged from the scheduler (`off`: kept)."""
+    forget_workers_after_seconds: float | None = Field(ge=0)
+    """Workers, and hosts with none left, gone this long are forgotten (`off`: kept)."""
+    storage_min_free_bytes: int = Field(ge=0)
+    """Below this much free space on the storage root (e.g. 5G) workers start nothing new."""
+
+    @field_validator("retention_logs_seconds", "retention_scratch_seconds",
+                     "retention_results_seconds", "retention_records_seconds",
+                     "forget_workers_after_seconds", mode="before")
+    @classmethod
+    def _off_means_none(cls, value: Any) -> Any:
+        # `off` (YAML reads it as False), `never` or empty: keep for ever.
+        return None if value is False or value in ("", "off", "never", None) else value
+
+    @field_validator("storage_min_free_bytes", mode="before")
+    @classmethod
+    def _parse_size(cls, value: Any) -> Any:
+        # A size such as 5G or 500M, or a plain number of bytes.
+        if isinstance(value, str):
+            try:
+                return parse_size(value, field_path="storage_min_free_bytes") * 1024 * 1024
+            except CorralError as exc:
+                raise ValueError(str(exc)) from None
+        return value
 
     @field_validator("bands", mode="before")
     @classmethod
@@ -117,6 +238,12 @@ class Settings(BaseModel):
             return parse_bands(value)
         except ConfigError as exc:
             raise ValueError(str(exc)) from exc
+
+    @field_validator("secret", "worker_token", "token", mode="before")
+    @classmethod
+    def _always_text(cls, value: Any) -> Any:
+        # A substituted variable is parsed as YAML again: a secret of digits must stay text.
+        return "" if value is None else str(value) if isinstance(value, int | float) else value
 
     @field_validator("licences", mode="before")
     @classmethod
@@ -170,6 +297,7 @@ def settings_from_mapping(raw: Mapping[str, Any], base_dir: Path | None = None) 
         "registry_db": databases.pop("registry", "") or f"sqlite:///{data_dir / 'registry.db'}",
         "negotiator_db": databases.pop("negotiator", "") or f"sqlite:///{data_dir / 'negotiator.db'}",
         "licence_db": databases.pop("licence", "") or f"sqlite:///{data_dir / 'licence.db'}",
+        "cleanup_db": databases.pop("cleanup", "") or f"sqlite:///{data_dir / 'cleanup.db'}",
     }
     if databases:
         raise ConfigError(f"CORRAL.databases: unknown service {sorted(databases)[0]!r}")
@@ -185,6 +313,16 @@ def settings_from_mapping(raw: Mapping[str, Any], base_dir: Path | None = None) 
         "log_tail_bytes": 4096,
         "max_queued_per_user": 1000,
         "aging_seconds": 300,
+        # Cleanup: logs two weeks after their job ended, scratch an hour, results a week
+        # (60 s once collected), job records 90 days, workers gone a week; 5 GB kept free.
+        "cleanup_interval_seconds": 60,
+        "retention_logs_seconds": 14 * 86400,
+        "retention_scratch_seconds": 3600,
+        "retention_results_seconds": 7 * 86400,
+        "retention_collected_seconds": 60,
+        "retention_records_seconds": 90 * 86400,
+        "forget_workers_after_seconds": 7 * 86400,
+        "storage_min_free_bytes": 5 * 1024 ** 3,
     }
     values.update(defaults)
     values.update(corral)

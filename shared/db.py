@@ -25,7 +25,8 @@ def create_db_engine(url: str) -> Engine:
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
+                               hide_parameters=True)
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -39,7 +40,8 @@ def create_db_engine(url: str) -> Engine:
     if url.startswith(("postgresql://", "postgres://")):
         # The driver Corral installs; SQLAlchemy 2.1 would otherwise look for psycopg 3.
         url = "postgresql+psycopg2://" + url.split("://", 1)[1]
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5,
+                         hide_parameters=True)
 
 
 def _use_wal(cursor: Any, patience: float = 30.0) -> None:

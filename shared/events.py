@@ -16,3 +16,10 @@ TASK_CANCELLED: Final = "task_cancelled"
 
 HOST_CHANGED: Final = "host_changed"
 LICENCE_CHANGED: Final = "licence_changed"
+
+# Accounts (the registry): a token revoked before its expiry; payload shared.identity.TokenRevoked.
+TOKEN_REVOKED: Final = "token_revoked"
+# The cleanup service and what it hears of results and the storage root.
+RESULT_COLLECTED: Final = "result_collected"
+STORAGE_CLEANED: Final = "storage_cleaned"
+STORAGE_CHANGED: Final = "storage_changed"

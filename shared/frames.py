@@ -9,6 +9,7 @@ from itertools import pairwise
 from shared.errors import InvalidSpec
 
 MAX_FRAMES = 1_000_000
+MAX_FRAME_NUMBER = 2**31 - 1
 """Most frames one frame range may expand to: far beyond any shot, small enough to hold in memory."""
 
 # `N`, `A-B` or `A-BxS`; each number may be negative, so `-5--1` reads as -5 to -1.
@@ -69,6 +70,9 @@ def parse_frame_range(text: str) -> list[int]:
         if total > MAX_FRAMES:
             raise InvalidSpec(f"frames: {item!r}: makes {total} frames, more than the limit "
                               f"of {MAX_FRAMES}")
+        if max(abs(first), abs(last)) > MAX_FRAME_NUMBER:
+            raise InvalidSpec(f"frames: {item!r}: past the largest frame number, "
+                              f"{MAX_FRAME_NUMBER}")
         span = range(first, last + step, step)
         for frame in span:
             if frame in seen:
@@ -79,6 +83,17 @@ def parse_frame_range(text: str) -> list[int]:
             frames.append(frame)
         earlier_items.append((item, span))
     return frames
+
+
+def count_frames(text: str) -> int:
+    """How many frames `text` names, without expanding it (a repeated frame counts twice; the
+    full parse refuses it)."""
+    total = 0
+    for raw_item in text.split(","):
+        if raw_item.strip():
+            first, last, step = _parse_item(raw_item.strip())
+            total += (last - first) // step + 1
+    return total
 
 
 def _parse_item(item: str) -> tuple[int, int, int]:

@@ -55,7 +55,7 @@ if TYPE_CHECKING:
 
     from shared.config import Settings
 
-TREES = ("scheduler", "registry", "negotiator", "licence")
+TREES = ("scheduler", "registry", "negotiator", "licence", "cleanup")
 """The service databases, each with its migration tree (and a `<tree>_db` setting)."""
 
 log = logging.getLogger("corral.migrations")
@@ -90,7 +90,8 @@ def version_table(tree: str) -> str:
 def database_url(settings: Settings, tree: str) -> str:
     """The configured URL of a service database."""
     urls = {"scheduler": settings.scheduler_db, "registry": settings.registry_db,
-            "negotiator": settings.negotiator_db, "licence": settings.licence_db}
+            "negotiator": settings.negotiator_db, "licence": settings.licence_db,
+            "cleanup": settings.cleanup_db}
     return urls[tree]
 
 

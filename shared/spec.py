@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,11 +23,20 @@ from pydantic import (
 
 from shared.bands import Band, band_for_priority
 from shared.errors import InvalidSpec
-from shared.frames import Chunk, chunk_frames, parse_frame_range, substitute
+from shared.frames import Chunk, chunk_frames, count_frames, parse_frame_range, substitute
 from shared.licences import parse_licence_needs
 from shared.resources import parse_size
+from shared.retention import RetentionSpec
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+MAX_ARGUMENT_BYTES = 131071
+"""Linux refuses a single argv item or environment string of 128 KiB or more (MAX_ARG_STRLEN)."""
+MAX_INTEGER = 2**63 - 1
+"""What every database Corral supports stores as an integer."""
+MAX_NESTING = 32
+MAX_TIMEOUT_SECONDS = 366 * 86400
+MIN_TIMEOUT_SECONDS = 0.001
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 class RetryPolicy(BaseModel):
@@ -63,8 +74,10 @@ class _Runnable(BaseModel):
     shell: StrictBool = False
     env: dict[StrictStr, StrictStr] = Field(default_factory=dict)
     cwd: StrictStr | None = None
-    timeout: StrictInt | StrictFloat | None = Field(default=None, gt=0)
-    stall_timeout: StrictInt | StrictFloat | None = Field(default=None, gt=0)
+    timeout: StrictInt | StrictFloat | None = Field(default=None, ge=MIN_TIMEOUT_SECONDS,
+                                                    le=MAX_TIMEOUT_SECONDS)
+    stall_timeout: StrictInt | StrictFloat | None = Field(default=None, ge=MIN_TIMEOUT_SECONDS,
+                                                          le=MAX_TIMEOUT_SECONDS)
     resources: ResourceSpec | None = None
     preferred: ResourceSpec | None = None
     licences: Any = None
@@ -76,6 +89,11 @@ class _Runnable(BaseModel):
     def _program_named(cls, command: list[str]) -> list[str]:
         if not command[0].strip():
             raise ValueError("the first item (the program) is empty")
+        for position, item in enumerate(command):
+            size = len(item.encode("utf-8", "surrogatepass"))
+            if size > MAX_ARGUMENT_BYTES:
+                raise ValueError(f"item {position} is {size} bytes, more than the "
+                                 f"{MAX_ARGUMENT_BYTES} one argument may have")
         return command
 
 
@@ -85,6 +103,11 @@ class TaskSpec(_Runnable):
     name: StrictStr | None = Field(default=None, max_length=200)
     depends_on: list[StrictInt] = Field(default_factory=list)
     """Positions (0-based) of tasks in this job's list that must be done first."""
+
+    @field_validator("name")
+    @classmethod
+    def _printable_name(cls, name: str | None) -> str | None:
+        return _printable(name)
 
 
 class LayerDependency(BaseModel):
@@ -121,8 +144,10 @@ class JobSpec(BaseModel):
     priority: StrictInt = 50
     env: dict[StrictStr, StrictStr] = Field(default_factory=dict)
     cwd: StrictStr | None = None
-    timeout: StrictInt | StrictFloat | None = Field(default=None, gt=0)
-    stall_timeout: StrictInt | StrictFloat | None = Field(default=None, gt=0)
+    timeout: StrictInt | StrictFloat | None = Field(default=None, ge=MIN_TIMEOUT_SECONDS,
+                                                    le=MAX_TIMEOUT_SECONDS)
+    stall_timeout: StrictInt | StrictFloat | None = Field(default=None, ge=MIN_TIMEOUT_SECONDS,
+                                                          le=MAX_TIMEOUT_SECONDS)
     """Kill a task that prints nothing for this many seconds ("stalled")."""
     max_host_failures: StrictInt = Field(default=3, ge=1)
     """A host that fails this many of the job's attempts takes no more of its tasks."""
@@ -131,6 +156,61 @@ class JobSpec(BaseModel):
     preferred: ResourceSpec | None = None
     licences: Any = None
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    submission_key: StrictStr | None = Field(default=None, min_length=1, max_length=200)
+    """The caller's name for this submission: submitting again under the same key returns the
+    job the first submission made instead of making another (a retry after a timeout)."""
+    keep: StrictBool = False
+    """Keep the job's logs, results, scratch and record for good (the cleanup service skips it)."""
+    retention: RetentionSpec | None = None
+    """The job's own delays (seconds after it ended, or "never") instead of the farm's."""
+
+    @field_validator("name")
+    @classmethod
+    def _printable_name(cls, name: str) -> str:
+        return _printable(name) or name
+
+
+def _printable(name: str | None) -> str | None:
+    if name is not None and _CONTROL.search(name):
+        raise ValueError("must not contain control characters (newlines, tabs, escapes)")
+    return name
+
+
+def check_plain_data(value: Any, path: str = "spec", depth: int = 0) -> None:
+    """Refuse what no field may hold, wherever it is: NUL characters and lone surrogates in any
+    text (a process cannot take them, and not every database can store them), integers past
+    what a database stores, numbers that are not finite (JSON decoders accept NaN and
+    Infinity), and nesting deeper than any spec needs."""
+    if depth > MAX_NESTING:
+        raise InvalidSpec(f"{path}: is nested more than {MAX_NESTING} levels deep")
+    if isinstance(value, str):
+        _check_text(value, path)
+    elif isinstance(value, bool):
+        return
+    elif isinstance(value, int):
+        if abs(value) > MAX_INTEGER:
+            raise InvalidSpec(f"{path}: {value:.3g} is out of range (at most {MAX_INTEGER})"
+                              if abs(value) < 10**300 else f"{path}: is out of range")
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidSpec(f"{path}: must be a finite number, not {value}")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, str):
+                _check_text(key, f"{path} key {key[:40]!r}")
+            check_plain_data(item, f"{path}.{key}" if path != "spec" else str(key), depth + 1)
+    elif isinstance(value, list | tuple):
+        for position, item in enumerate(value):
+            check_plain_data(item, f"{path}[{position}]", depth + 1)
+
+
+def _check_text(text: str, path: str) -> None:
+    if "\x00" in text:
+        raise InvalidSpec(f"{path}: must not contain a NUL character")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidSpec(f"{path}: is not valid Unicode (a lone surrogate)") from None
 
 
 @dataclass(frozen=True)
@@ -176,6 +256,10 @@ class JobPlan:
     tasks: list[TaskPlan] = field(default_factory=list)
     depends_on_jobs: tuple[int, ...] = ()
     max_host_failures: int = 3
+    submission_key: str | None = None
+    keep: bool = False
+    retention: dict[str, float | str] | None = None
+    """Only the kinds the spec named: kind -> seconds, or "never"."""
 
 
 def _field_path(location: Iterable[Any]) -> str:
@@ -202,6 +286,7 @@ def validate_job_spec(raw: Any, bands: Iterable[Band], *, max_env_bytes: int,
     """Turn untrusted spec data into a JobPlan, or raise InvalidSpec naming the first bad field."""
     if not isinstance(raw, dict):
         raise InvalidSpec(f"spec: must be a JSON object, got {type(raw).__name__}")
+    check_plain_data(raw)
     try:
         spec = JobSpec.model_validate(raw)
     except ValidationError as exc:
@@ -225,7 +310,10 @@ def validate_job_spec(raw: Any, bands: Iterable[Band], *, max_env_bytes: int,
         raise InvalidSpec(f"tasks: {len(tasks)} tasks is more than the limit of {max_tasks}")
     return JobPlan(name=spec.name, user=spec.user, pool=spec.pool, priority=spec.priority,
                    band=band.name, tasks=tasks, depends_on_jobs=tuple(spec.depends_on),
-                   max_host_failures=spec.max_host_failures)
+                   max_host_failures=spec.max_host_failures,
+                   submission_key=spec.submission_key, keep=spec.keep,
+                   retention=(spec.retention.model_dump(exclude_none=True) or None
+                              if spec.retention is not None else None))
 
 
 def _defaults(spec: JobSpec, item: _Runnable, path: str,
@@ -323,7 +411,7 @@ def _plan_layers(spec: JobSpec, max_env_bytes: int, max_tasks: int) -> list[Task
     chunks_of: dict[str, list[Chunk | None]] = {}
     for index, layer in enumerate(spec.layers):
         path = f"layers[{index}]"
-        chunks = _layer_chunks(layer, path)
+        chunks = _layer_chunks(layer, path, max_tasks - len(tasks))
         if len(tasks) + len(chunks) > max_tasks:
             raise InvalidSpec(f"{path}: the job makes more than the limit of {max_tasks} tasks")
         chunks_of[layer.name] = chunks
@@ -351,10 +439,15 @@ def _plan_layers(spec: JobSpec, max_env_bytes: int, max_tasks: int) -> list[Task
     return tasks
 
 
-def _layer_chunks(layer: LayerSpec, path: str) -> list[Chunk | None]:
+def _layer_chunks(layer: LayerSpec, path: str, room: int) -> list[Chunk | None]:
+    """The layer's chunks; counted before they are made, so a huge range costs nothing."""
     if layer.frames is None:
         return [None]
     try:
+        chunks = -(-count_frames(layer.frames) // layer.chunk)
+        if chunks > room:
+            raise InvalidSpec(f"frames: {layer.frames[:40]!r} in chunks of {layer.chunk} makes "
+                              f"{chunks} tasks, more than the {room} the job may still have")
         return list(chunk_frames(parse_frame_range(layer.frames), layer.chunk))
     except InvalidSpec as exc:
         # frames.py names the field as at the top level; here it lives inside a layer.

@@ -174,12 +174,16 @@ TEMPLATES: dict[str, Callable[..., dict[str, Any]]] = {
 """Template name (as a command line names it) -> the function building its job spec."""
 
 
-def template_from_args(name: str, argv: Sequence[str]) -> dict[str, Any]:
+def template_from_args(name: str, argv: Sequence[str], cwd: str | None = None) -> dict[str, Any]:
     """The job spec of template `name` from command-line arguments, or InvalidSpec naming the bad one.
 
     `blender SCENE --frames 1-240 [--chunk 10] [--engine CYCLES] [--output //out/f_####]
     [--movie out.mp4 [--fps 24]] ...`; `blender-movie` is the same with `--movie` required;
     `python SCRIPT [--frames ...] [--chunk N] [--python python3] [-- ARGS...]`.
+
+    `cwd` is where the command line was typed: the job runs there (unless --cwd says otherwise),
+    and the scene, script, output and movie paths given relative are made absolute from the
+    job's working directory, so a worker anywhere finds the same files.
     """
     if name not in TEMPLATES:
         raise InvalidSpec(f"template: there is no template {name!r} "
@@ -201,6 +205,11 @@ def template_from_args(name: str, argv: Sequence[str]) -> dict[str, Any]:
         values["args"] = [*values["args"], *passed]
     if values["env"] is not None:
         values["env"] = dict(values["env"])  # --env arrives as (name, value) pairs
+    if values["cwd"] is not None or cwd is not None:
+        base = posixpath.normpath(posixpath.join(cwd or "", values["cwd"] or ""))
+        values["cwd"] = base
+        for key in ("scene", "script", "output", "movie"):
+            values[key] = _absolute(values.get(key), base)
     builder: Callable[..., dict[str, Any]]
     if name == "python":
         builder = python_script_job
@@ -358,6 +367,13 @@ def _sequence_pattern(scene: str, output: str, extension: str) -> str:
     if not file_name.lower().endswith(f".{extension}"):
         file_name += f".{extension}"
     return posixpath.join(folder, file_name)
+
+
+def _absolute(path: str | None, base: str) -> str | None:
+    """`path` from `base` when relative; Blender's `//` (the scene's folder) is left as it is."""
+    if not path or path.startswith("//") or posixpath.isabs(path) or not posixpath.isabs(base):
+        return path
+    return posixpath.normpath(posixpath.join(base, path))
 
 
 def _non_empty(field: str, value: str) -> str:

@@ -8,11 +8,13 @@ behind it. Every report is retried until the scheduler answers, and every report
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import os
 import signal
 import socket
+import time
 import uuid
 from enum import StrEnum
 from typing import Any
@@ -20,19 +22,26 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueue
 
-from services.worker.process import TaskRun
+from services.worker import leftovers
+from services.worker.process import FENCED, Supervisors, TaskRun
 from services.worker.rpc import AsyncRpcClient, RpcUnavailable, ServiceUnknown
+from services.worker.scratch import attempt_scratch, storage_shortage, wait_for_room
 from shared import events
 from shared.bands import REPORTS_QUEUE, queue_name
 from shared.config import Settings
+from shared.credentials import worker_credential
 from shared.errors import StaleLease
 from shared.resources import HostTotals, detect_host_totals
+from shared.storage import task_log_path, task_result_path
 
 log = logging.getLogger("corral.worker")
 
 RESOURCES, LICENCES = "resources", "licences"
 Booking = asyncio.Task[dict[str, Any] | None]
 """A reservation or licence lease being made: the grant, or None when refused."""
+
+CLAIMS_REMEMBERED = 10_000
+"""How many claimed attempts a worker remembers, to drop late copies of their messages."""
 
 
 class DrainMode(StrEnum):
@@ -71,6 +80,15 @@ class Worker:
         self.worker_id = worker_id or f"{self.host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.current: TaskRun | None = None
         self.tasks_run = 0
+        # Attempts this worker has claimed. The scheduler answers a claim from the worker that
+        # already holds the task with its lease again (its first reply may have been lost), so
+        # a copy of the message arriving after the payload ran, before its finish report is
+        # applied, would run the attempt a second time: such copies are dropped here.
+        self._claimed: collections.OrderedDict[tuple[int, int], None] = collections.OrderedDict()
+        self._supervisors = Supervisors()
+        self._attempts_dir = leftovers.attempts_dir(settings.storage_root, self.host)
+        self._cgroup_base = leftovers.cgroup_base()
+        self._claim_sent_at = 0.0
         self._inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
         self._connection: AbstractConnection | None = None
         self._channel: AbstractChannel | None = None
@@ -88,11 +106,14 @@ class Worker:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.drain)
         loop.add_signal_handler(signal.SIGINT, self.drain)
+        # What attempts of a worker that died on this host left behind ends before we start.
+        leftovers.end_leftovers(self._attempts_dir)
         connection_task = asyncio.create_task(self._stay_connected())
         heartbeat_task = asyncio.create_task(self._heartbeat_loop())
         try:
             await self._work_loop()
         finally:
+            await self._supervisors.close()
             await self._leave()
             self._stopped.set()
             heartbeat_task.cancel()
@@ -125,14 +146,13 @@ class Worker:
             except Exception as exc:
                 log.warning("cannot reach the broker (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                delay = min(delay * 2, reconnect_delay_max(self.settings))
                 continue
             closed = asyncio.Event()
             connection.close_callbacks.add(lambda *_, closed=closed: closed.set())
             try:
-                await self._set_up(connection)
+                await self._set_up(connection, closed)
                 delay = 0.2
-                self._connected.set()
                 log.info("connected as %s (pool %s, bands %s)", self.worker_id, self.pool,
                          ",".join(self.bands))
                 await closed.wait()
@@ -147,9 +167,9 @@ class Worker:
                 if not connection.is_closed:
                     await connection.close()
 
-    async def _set_up(self, connection: AbstractConnection) -> None:
+    async def _set_up(self, connection: AbstractConnection, closed: asyncio.Event) -> None:
         self._connection = connection
-        self._rpc = AsyncRpcClient(connection)
+        self._rpc = AsyncRpcClient(connection, token=worker_credential(self.settings))
         await self._rpc.start()
         self._reports = await connection.channel(publisher_confirms=True)
         await self._reports.declare_queue(REPORTS_QUEUE, durable=True)
@@ -159,10 +179,31 @@ class Worker:
                                                           durable=True)
                         for band in self.bands]
         await self._listen_for_cancels(connection)
-        await self._register()
+        # Renewals and finish reports need the scheduler alone: they flow from here on, however
+        # long the registry takes to come back after the same outage.
+        self._connected.set()
+        await self._join(connection, closed)
         await self._report_host()
         if self.current is None and not self._draining.is_set():
             await self._start_consuming()
+
+    async def _join(self, connection: AbstractConnection, closed: asyncio.Event) -> None:
+        """Register with the registry, trying again until it answers or the connection goes."""
+        delay = 0.2
+        while True:
+            try:
+                await self._register()
+                return
+            except RpcUnavailable as exc:
+                # The broker going away again shows first in the close callback or a closed
+                # RPC channel: then connect afresh rather than ask on a dead line for ever.
+                assert self._rpc is not None
+                if closed.is_set() or connection.is_closed or self._rpc.closed:
+                    raise ConnectionError("connection to the broker closed") from None
+                log.warning("the registry does not answer yet (%s); renewals and reports go on",
+                            exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     async def _listen_for_cancels(self, connection: AbstractConnection) -> None:
         channel = await connection.channel()
@@ -255,6 +296,8 @@ class Worker:
             message = await self._next_message()
             if message is None:
                 break
+            if await self._held_for_storage(message):
+                continue
             try:
                 body = json.loads(message.body)
                 task_id, attempt = int(body["task_id"]), int(body["attempt"])
@@ -262,10 +305,17 @@ class Worker:
                 log.error("dropping a malformed message: %r", message.body[:200])
                 await _settle(message.ack())
                 continue
+            if (task_id, attempt) in self._claimed:
+                log.info("dropping a copy of task %s attempt %s: this worker already ran it",
+                         task_id, attempt)
+                await _settle(message.ack())
+                continue
             # A message that says what the task books lets the bookings travel alongside the
             # claim rather than after it; a stale claim gives them straight back.
             bookings = self._book(task_id, attempt, body)
             claim = await self._claim(task_id, attempt)
+            if claim is not None and claim.get("status") == "claimed":
+                self._remember_claim(task_id, attempt)
             if claim is None or claim.get("status") != "claimed":
                 if bookings:
                     asyncio.get_running_loop().create_task(self._give_back(bookings))
@@ -284,7 +334,26 @@ class Worker:
                 await self._start_consuming()
         log.info("stopped taking work")
 
+    def _remember_claim(self, task_id: int, attempt: int) -> None:
+        self._claimed[(task_id, attempt)] = None
+        while len(self._claimed) > CLAIMS_REMEMBERED:
+            self._claimed.popitem(last=False)
+    async def _held_for_storage(self, message: AbstractIncomingMessage) -> bool:
+        """While the storage root is short of space, put the message back and take nothing."""
+        settings = self.settings
+        if await storage_shortage(settings.storage_root, settings.storage_min_free_bytes) is None:
+            return False
+        await self._stop_consuming()
+        await _settle(message.reject(requeue=True))
+        await wait_for_room(settings.storage_root, settings.storage_min_free_bytes,
+                            settings.heartbeat_seconds, self._draining)
+        if not self._draining.is_set():
+            await self._start_consuming()
+        return True
+
     async def _claim(self, task_id: int, attempt: int) -> dict[str, Any] | None:
+        # The lease runs from no earlier than now: fencing counts from here, not from the reply.
+        self._claim_sent_at = time.monotonic()
         try:
             return await self._call("scheduler", "claim_task", attempts=None, task_id=task_id,
                                     attempt=attempt, worker_id=self.worker_id, host=self.host)
@@ -371,8 +440,13 @@ class Worker:
                       memory_limit_mb=(claim.get("resources") or {}).get("memory_mb") or None,
                       memory_headroom=self.memory_headroom,
                       cores=(claim.get("resources") or {}).get("cores") or None,
-                      log_path=storage / "logs" / str(claim["job_id"]) / f"{name}.log",
-                      result_path=storage / "results" / str(claim["job_id"]) / f"{name}.json")
+                      log_path=task_log_path(storage, claim["job_id"], claim["task_id"],
+                                             claim["attempt"]),
+                      result_path=task_result_path(storage, claim["job_id"], claim["task_id"],
+                                                   claim["attempt"]),
+                      marker=f"{self.worker_id}.{name}", attempts_dir=self._attempts_dir,
+                      cgroup_base=self._cgroup_base)
+        run.fence_at(self._fence_deadline(self._claim_sent_at))
         if bookings is None:
             # A message that did not say what to book (published by an older scheduler).
             bookings = self._book(claim["task_id"], claim["attempt"], claim)
@@ -395,7 +469,11 @@ class Worker:
                 run.cores, run.memory_limit_mb = granted["cores"], granted["memory_mb"] or None
                 run.gpu_indices = tuple(grant["gpu_indices"])
             if run._kill_reason is None:  # not cancelled, handed back or lost meanwhile
-                await run.run(self._payload_env(), self.settings.log_tail_bytes)
+                # Nothing of a lost attempt may still run on this host when this one starts.
+                leftovers.end_leftovers(self._attempts_dir)
+                async with attempt_scratch(storage, claim) as scratch_env:
+                    await run.run({**self._payload_env(), **scratch_env},
+                                  self.settings.log_tail_bytes, self._supervisors)
                 self.tasks_run += 1
         finally:
             renewals.cancel()
@@ -405,6 +483,9 @@ class Worker:
         if run._kill_reason and run._kill_reason.startswith("handed back"):
             await self._report("hand_back_task", task_id=run.task_id,
                                lease_token=claim["lease_token"], reason=run._kill_reason)
+        elif run._kill_reason == FENCED:
+            # Self-fenced: say the attempt is lost (uncharged), if the scheduler can still hear.
+            asyncio.get_running_loop().create_task(self._report_fenced(run, claim["lease_token"]))
         elif run._kill_reason in ("cancelled", "lease lost"):
             pass  # the scheduler already knows; a report would be refused
         else:
@@ -456,19 +537,41 @@ class Worker:
             del env[key]  # the worker's own settings are not the payload's business
         return env
 
+    def _fence_deadline(self, sent_at: float) -> float:
+        """When a lease renewed by a call sent at `sent_at` (monotonic) must be given up.
+
+        The scheduler's lease runs from when it applied the call, which is after `sent_at`, so
+        fencing one margin earlier than `sent_at + lease` always kills the payload before the
+        scheduler can expire the lease and give the task to another worker (README: Faults).
+        """
+        return sent_at + self.settings.lease_seconds - fence_margin(self.settings)
+
     async def _renew_loop(self, run: TaskRun, token: str) -> None:
         while True:
             await asyncio.sleep(self.settings.heartbeat_seconds)
             progress = run.scan_progress()
+            sent_at = time.monotonic()
             try:
                 await self._rpc_call("scheduler", "renew_lease", task_id=run.task_id,
                                      lease_token=token, progress=progress)
+                run.fence_at(self._fence_deadline(sent_at))
             except StaleLease as exc:
                 log.warning("lease lost (%s): killing the task", exc)
                 run.kill("lease lost")
                 return
             except RpcUnavailable as exc:
                 log.warning("could not renew the lease of task %s: %s", run.task_id, exc)
+            if run._deadline is not None and time.monotonic() >= run._deadline:
+                log.warning("task %s: lease not renewed in time: killing it", run.task_id)
+                run.kill(FENCED)
+                return
+
+    async def _report_fenced(self, run: TaskRun, token: str) -> None:
+        try:
+            await self._call("scheduler", "hand_back_task", attempts=3, task_id=run.task_id,
+                             lease_token=token, reason=FENCED)
+        except (StaleLease, RpcUnavailable) as exc:
+            log.info("task %s: the scheduler has the lost lease already (%s)", run.task_id, exc)
 
     async def _report(self, method: str, **kwargs: Any) -> None:
         try:
@@ -524,6 +627,24 @@ class Worker:
                 log.warning("%s.%s unanswered (%s); trying again", service, method, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
+
+
+def reconnect_delay_max(settings: Settings) -> float:
+    """The longest pause between tries to reach the broker again: a quarter of a lease.
+
+    After an outage the scheduler gives running tasks one lease of grace to renew or report:
+    a worker must be back well within it.
+    """
+    return min(5.0, max(0.2, settings.lease_seconds / 4))
+
+
+def fence_margin(settings: Settings) -> float:
+    """How long before its lease would run out a worker kills a payload it could not renew.
+
+    One heartbeat, and at least a second: room for the kill itself and for the scheduler's
+    clock running a little fast against ours.
+    """
+    return min(max(settings.heartbeat_seconds, 1.0), settings.lease_seconds / 2)
 
 
 async def _settle(awaitable: Any) -> None:

@@ -1,13 +1,12 @@
-"""Runs one task payload: argv in its own process group, output to a log file, progress, result."""
+"""Runs one task payload under its supervisor: output to a log file, progress, memory, result."""
 
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import json
+import logging
 import os
 import re
-import shutil
 import signal
 import sys
 import time
@@ -17,18 +16,51 @@ from typing import Any
 
 import psutil
 
-PROGRESS_LINE = re.compile(rb"^CORRAL_PROGRESS\s+(\d{1,3}(?:\.\d+)?)\s*$", re.MULTILINE)
+from services.worker import leftovers
+from services.worker.leftovers import MARKER_VARIABLE
+
+log = logging.getLogger(__name__)
+
+FENCED = "lease lost: not renewed within the lease"
+
+PROGRESS_LINE = re.compile(rb"CORRAL_PROGRESS\s+(\d{1,3}(?:\.\d+)?)\s*")
+LINE_END = re.compile(rb"[\r\n]")
 MAX_RESULT_BYTES = 1 << 20
-SETPRIV = shutil.which("setpriv") if sys.platform == "linux" else None
-_PR_SET_PDEATHSIG = 1
+SCAN_CHUNK = 1 << 16
+"""Progress is read this much at a time: a line longer than this is no progress line."""
+SCAN_BUDGET = 1 << 22
+"""At most this much new output is scanned per heartbeat; before it, only the newest counts."""
+SUPERVISOR = Path(__file__).with_name("supervisor.py")
 
 
-def _die_with_worker() -> None:
-    """In the child: be killed if the worker dies, so a lost worker leaves no payload running."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except OSError:  # not Linux: the lease still fences the task
-        pass
+class Supervisors:
+    """Keeps one attempt supervisor started ahead, so a payload never waits for it to start."""
+
+    def __init__(self) -> None:
+        self._spare: asyncio.Task[asyncio.subprocess.Process] | None = None
+
+    @staticmethod
+    async def _start() -> asyncio.subprocess.Process:
+        # -I -S: the standard library only, none of the worker's imports or environment.
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-I", "-S", str(SUPERVISOR), stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE)
+
+    async def take(self) -> asyncio.subprocess.Process:
+        """A started, idle supervisor; the next one starts meanwhile."""
+        spare, self._spare = self._spare, None
+        supervisor = await spare if spare is not None else None
+        if supervisor is None or supervisor.returncode is not None:
+            supervisor = await self._start()
+        self._spare = asyncio.create_task(self._start())
+        return supervisor
+
+    async def close(self) -> None:
+        if self._spare is not None:
+            spare = await self._spare
+            if spare.stdin is not None:
+                spare.stdin.close()  # an idle supervisor leaves when its stdin closes
+            await spare.wait()
 
 
 @dataclass
@@ -60,53 +92,75 @@ class TaskRun:
     started_at: float | None = None
     ended_at: float | None = None
     pid: int | None = None
+    marker: str = ""
+    """Carried by every process of the attempt (CORRAL_RUN), to find what a lost one left."""
+    attempts_dir: Path | None = None
+    cgroup_base: Path | None = None
     _scanned: int = field(default=0, repr=False)
-    _process: asyncio.subprocess.Process | None = field(default=None, repr=False)
+    _supervisor: asyncio.subprocess.Process | None = field(default=None, repr=False)
+    _deadline: float | None = field(default=None, repr=False)
     _kill_reason: str | None = field(default=None, repr=False)
 
     def argv(self) -> list[str]:
         return ["/bin/sh", "-c", self.command[0]] if self.shell else list(self.command)
 
-    def _spawn_argv(self) -> tuple[list[str], Any]:
-        """The argv to exec, and a preexec_fn if one is needed, so the payload dies with us.
-
-        util-linux's setpriv sets the parent-death signal and execs the payload; spawning it
-        keeps Python's fast vfork path (about 1 ms here against 2 ms for a preexec_fn).
-        """
-        # The payload alone runs at its nice level; the worker stays responsive to heartbeats.
-        niced = ["nice", "-n", str(self.nice)] if self.nice else []
-        if SETPRIV:
-            return [SETPRIV, "--pdeathsig", "KILL", "--", *niced, *self.argv()], None
-        return [*niced, *self.argv()], _die_with_worker
-
     def scan_progress(self) -> int:
-        """Read the log written since the last scan for `CORRAL_PROGRESS n` lines."""
+        """Read the output written since the last scan for `CORRAL_PROGRESS n` lines.
+
+        In bounded chunks, with `\\r` ending a line as well as `\\n`: a progress bar printed
+        without newlines costs the worker no memory, however much of it there is.
+        """
         try:
             with open(self.log_path, "rb") as log:
+                size = os.fstat(log.fileno()).st_size
+                self._scanned = max(self._scanned, size - SCAN_BUDGET)
                 log.seek(self._scanned)
-                chunk = log.read()
+                while chunk := log.read(SCAN_CHUNK):
+                    ends = [match.end() for match in LINE_END.finditer(chunk)]
+                    if ends:
+                        cut = ends[-1]
+                    elif len(chunk) == SCAN_CHUNK:
+                        cut = len(chunk)
+                    else:
+                        break  # a partial line: read whole next time
+                    for line in LINE_END.split(chunk[:cut]):
+                        match = PROGRESS_LINE.fullmatch(line)
+                        if match:
+                            self.progress = max(0, min(100, int(float(match.group(1)))))
+                    self._scanned += cut
         except OSError:
-            return self.progress
-        cut = chunk.rfind(b"\n") + 1  # only whole lines; a partial one is read next time
-        for match in PROGRESS_LINE.finditer(chunk[:cut]):
-            self.progress = max(0, min(100, int(float(match.group(1)))))
-        self._scanned += cut
+            pass
         return self.progress
 
     def kill(self, reason: str) -> None:
-        """Kill the whole process group now; `reason` becomes the attempt's failure reason."""
+        """Kill the payload's whole tree now; `reason` becomes the attempt's failure reason."""
         self._kill_reason = self._kill_reason or reason
-        if self._process is not None and self._process.returncode is None:
-            _kill_group(self._process.pid, signal.SIGKILL)
+        self._tell({"kill": True})
 
-    async def run(self, base_env: dict[str, str], log_tail_bytes: int) -> None:
-        """Start the process, wait for it (or its time limit), then collect result and log tail."""
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self.result_path.parent.mkdir(parents=True, exist_ok=True)
-        self.result_path.unlink(missing_ok=True)
+    def fence_at(self, deadline: float) -> None:
+        """Have the supervisor kill the payload at time.monotonic() `deadline` unless moved on.
+
+        The supervisor keeps the deadline itself, so a worker that is stopped or cut off cannot
+        let its payload run past its lease.
+        """
+        self._deadline = deadline
+        self._tell({"deadline": deadline})
+
+    def _tell(self, message: dict[str, Any]) -> None:
+        supervisor = self._supervisor
+        if supervisor is None or supervisor.stdin is None or supervisor.returncode is not None:
+            return
+        try:
+            supervisor.stdin.write(json.dumps(message).encode() + b"\n")
+        except (ConnectionError, RuntimeError):
+            pass  # it has ended; so has the payload
+
+    def _payload_env(self, base_env: dict[str, str]) -> dict[str, str]:
         env = {**base_env, **self.env, "CORRAL_TASK_ID": str(self.task_id),
                "CORRAL_JOB_ID": str(self.job_id), "CORRAL_ATTEMPT": str(self.attempt),
                "CORRAL_RESULT": str(self.result_path)}
+        if self.marker:
+            env[MARKER_VARIABLE] = self.marker
         if self.cores:
             env["CORRAL_CORES"] = f"{self.cores:g}"
         if self.memory_limit_mb:
@@ -114,64 +168,93 @@ class TaskRun:
         if self.gpu_indices is not None:
             # Pinned to the granted GPUs only: a task that was granted none sees none.
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(index) for index in self.gpu_indices)
+        return env
+
+    async def run(self, base_env: dict[str, str], log_tail_bytes: int,
+                  supervisors: Supervisors | None = None) -> None:
+        """Start the payload under its supervisor, wait for it (or its time limit), then collect
+        result and log tail. Whatever goes wrong on the way becomes the attempt's reason."""
+        try:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self.result_path.parent.mkdir(parents=True, exist_ok=True)
+            self.result_path.unlink(missing_ok=True)
+        except OSError as exc:
+            self.reason = f"could not write the log: {_strerror(exc)}"
+            return
+        env = self._payload_env(base_env)
         # Local stat and open calls take microseconds: not worth a thread hop on the hot path.
         if self.cwd is not None and not os.path.isdir(self.cwd):  # noqa: ASYNC240
             self.reason = f"working directory {self.cwd} does not exist"
             return
-        program = self.argv()[0]
-        if shutil.which(program, path=env.get("PATH")) is None and not (
-                "/" not in program and self.cwd and os.access(os.path.join(self.cwd, program),
-                                                              os.X_OK)):
-            self.reason = f"could not start {program!r}: no such executable"
+        supervisor = await (supervisors or Supervisors()).take()
+        assert supervisor.stdin is not None and supervisor.stdout is not None
+        self._supervisor = supervisor
+        cgroup = (str(self.cgroup_base / self.marker)
+                  if self.cgroup_base is not None and self.marker else None)
+        nice = self.nice
+        self._tell({"argv": self.argv(), "env": env, "cwd": self.cwd, "log": str(self.log_path),
+                    "nice": nice, "cgroup": cgroup})
+        if self._deadline is not None:
+            self._tell({"deadline": self._deadline})
+        if self._kill_reason is not None:
+            self._tell({"kill": True})
+        started = await _read_message(supervisor)
+        if "started" not in started:
+            self.reason = str(started.get("error") or "the attempt's supervisor died")
             self._note(self.reason)
+            await _close(supervisor)
             return
-        with open(self.log_path, "ab") as log:  # noqa: ASYNC230
-            try:
-                argv, preexec = self._spawn_argv()
-                self._process = await asyncio.create_subprocess_exec(
-                    *argv, stdin=asyncio.subprocess.DEVNULL, stdout=log,
-                    stderr=asyncio.subprocess.STDOUT, env=env, cwd=self.cwd,
-                    start_new_session=True, preexec_fn=preexec)
-            except (FileNotFoundError, PermissionError, OSError) as exc:
-                self.reason = f"could not start {self.argv()[0]!r}: {exc.strerror or exc}"
-                log.write(f"corral: {self.reason}\n".encode())
-                return
         self.started_at = time.time()
-        self.pid = self._process.pid
+        self.pid = int(started["started"])
+        record_path = None
+        if self.attempts_dir is not None and self.marker:
+            try:
+                record_path = leftovers.record(self.attempts_dir, self.marker, supervisor.pid,
+                                               cgroup)
+            except OSError as exc:
+                log.warning("could not record attempt %s: %s", self.marker, exc)
         watch = asyncio.create_task(self._watch_for_stall()) if self.stall_timeout else None
-        memory = asyncio.create_task(self._watch_memory())
+        memory = asyncio.create_task(self._watch_memory(supervisor.pid))
         try:
-            await asyncio.wait_for(self._process.wait(), self.timeout)
+            ended = await asyncio.wait_for(_read_message(supervisor), self.timeout)
         except TimeoutError:
             self.kill(f"timed out after {self.timeout:g} s")
-            await self._process.wait()
+            ended = await _read_message(supervisor)
         finally:
             if watch is not None:
                 watch.cancel()
             memory.cancel()
-            # Whatever the payload left behind in its group goes with it.
-            _kill_group(self._process.pid, signal.SIGKILL)
+            await _close(supervisor)
+        if "exit" not in ended and record_path is not None:
+            # The supervisor itself was killed: end what it left before anything else runs here.
+            leftovers.end_attempt(json.loads(record_path.read_text()))
+        if record_path is not None:
+            record_path.unlink(missing_ok=True)
         self.ended_at = time.time()
-        self.exit_code = self._process.returncode
+        self.exit_code = ended.get("exit")
+        if ended.get("fenced"):
+            self._kill_reason = self._kill_reason or FENCED
         if self._kill_reason:
             self.reason = self._kill_reason
-        elif self.exit_code is not None and self.exit_code < 0:
+        elif self.exit_code is None:
+            self.reason = "the attempt's supervisor died"
+        elif self.exit_code < 0:
             self.reason = f"killed by signal {signal.Signals(-self.exit_code).name}"
         self.scan_progress()
         self.result = self._read_result()
         self.log_tail = self._read_tail(log_tail_bytes)
 
-    async def _watch_memory(self) -> None:
+    async def _watch_memory(self, supervisor_pid: int) -> None:
         """Sample the payload's whole process tree; over its limit (with headroom), kill it."""
-        assert self.pid is not None
         try:
-            root = psutil.Process(self.pid)
+            root = psutil.Process(supervisor_pid)
         except psutil.Error:
             return
         while True:
             total = 0
             try:
-                tree = [root, *root.children(recursive=True)]
+                # Below the supervisor: the payload and every descendant, even orphaned ones.
+                tree = root.children(recursive=True)
             except psutil.Error:
                 return
             for process in tree:
@@ -219,9 +302,12 @@ class TaskRun:
             return None
 
     def _note(self, text: str) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            log.write(f"corral: {text}\n".encode())
+        try:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.log_path, "ab") as log_file:
+                log_file.write(f"corral: {text}\n".encode())
+        except OSError:
+            pass  # the reason travels in the finish report all the same
 
     def _read_tail(self, limit: int) -> str | None:
         if limit <= 0:
@@ -235,8 +321,23 @@ class TaskRun:
             return None
 
 
-def _kill_group(pgid: int, sig: int) -> None:
+def _strerror(exc: OSError) -> str:
+    text = exc.strerror or str(exc)
+    return text[:1].lower() + text[1:]
+
+
+async def _read_message(supervisor: asyncio.subprocess.Process) -> dict[str, Any]:
+    """The supervisor's next line, or {} when it has gone."""
+    assert supervisor.stdout is not None
+    line = await supervisor.stdout.readline()
     try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
+        message = json.loads(line) if line else {}
+    except ValueError:
+        return {}
+    return message if isinstance(message, dict) else {}
+
+
+async def _close(supervisor: asyncio.subprocess.Process) -> None:
+    if supervisor.stdin is not None:
+        supervisor.stdin.close()
+    await supervisor.wait()

@@ -3,7 +3,8 @@
 A request is a JSON body `{"args": [], "kwargs": {...}}` published to the `nameko-rpc` topic
 exchange with routing key `service.method`, `reply_to` naming our reply queue's routing key and a
 `correlation_id`; the reply is `{"result": ..., "error": ...}` where `error` is nameko's serialised
-exception, turned back into our own error classes when they are registered.
+exception, turned back into our own error classes when they are registered. The caller's token
+travels as nameko's context data does, in the header `nameko.auth_token` (shared.identity).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from aio_pika.abc import (
 )
 from nameko.exceptions import deserialize
 
-import shared.errors  # noqa: F401  (registers Corral's errors so they deserialise as themselves)
+from shared.errors import DatabaseError  # importing it registers Corral's errors with nameko
+from shared.identity import CONTEXT_KEY
 
 RPC_EXCHANGE = "nameko-rpc"
 
@@ -36,12 +38,18 @@ class ServiceUnknown(RpcUnavailable):
     """No queue takes requests for that service: it has never run on this broker."""
 
 
+class ServiceTrouble(RpcUnavailable):
+    """The service answered that its database failed the call: nothing was applied, ask again."""
+
+
 class AsyncRpcClient:
     """One reply queue on one connection; many calls in flight, matched by correlation id."""
 
-    def __init__(self, connection: AbstractConnection, client_name: str = "corral_worker") -> None:
+    def __init__(self, connection: AbstractConnection, client_name: str = "corral_worker",
+                 token: str | None = None) -> None:
         self._connection = connection
         self._client_name = client_name
+        self._token = token
         self._routing_key = str(uuid.uuid4())
         self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._channel: AbstractChannel | None = None
@@ -60,6 +68,11 @@ class AsyncRpcClient:
         await self._queue.consume(self._on_reply, no_ack=True)
         self._channel.close_callbacks.add(self._on_close)
 
+    @property
+    def closed(self) -> bool:
+        """Whether this client's channel is gone (it can make no more calls)."""
+        return self._channel is None or self._channel.is_closed
+
     def _on_close(self, *_args: Any) -> None:
         for future in self._pending.values():
             if not future.done():
@@ -70,6 +83,12 @@ class AsyncRpcClient:
         future = self._pending.pop(message.correlation_id or "", None)
         if future is not None and not future.done():
             future.set_result(json.loads(message.body))
+
+    def _headers(self, correlation_id: str) -> dict[str, Any]:
+        headers: dict[str, Any] = {"nameko.call_id_stack": [f"{self._client_name}.{correlation_id}"]}
+        if self._token is not None:
+            headers[f"nameko.{CONTEXT_KEY}"] = self._token
+        return headers
 
     async def call(self, service: str, method: str, *, timeout: float,  # noqa: ASYNC109
                    **kwargs: Any) -> Any:
@@ -83,7 +102,7 @@ class AsyncRpcClient:
             json.dumps({"args": [], "kwargs": kwargs}).encode(),
             content_type="application/json", correlation_id=correlation_id,
             reply_to=self._routing_key, delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            headers={"nameko.call_id_stack": [f"{self._client_name}.{correlation_id}"]})
+            headers=self._headers(correlation_id))
         try:
             await self._exchange.publish(message, routing_key=f"{service}.{method}",
                                          mandatory=True, timeout=timeout)
@@ -96,5 +115,8 @@ class AsyncRpcClient:
         finally:
             self._pending.pop(correlation_id, None)
         if reply.get("error"):
-            raise deserialize(reply["error"])
+            error = deserialize(reply["error"])
+            if isinstance(error, DatabaseError):
+                raise ServiceTrouble(f"{service}.{method}: {error}") from None
+            raise error
         return reply.get("result")

@@ -1,6 +1,6 @@
 """Alembic environment of the registry's database: the tables of RegistryTable."""
 
-from services._registry_store import RegistryTable
+from services.registry.store import RegistryTable
 from shared.migrations import run_environment
 
 run_environment("registry", RegistryTable.metadata)

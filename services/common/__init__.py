@@ -1,0 +1,1 @@
+"""What several services share: holdings of ended attempts, their event handlers, the announcer."""

@@ -1,0 +1,249 @@
+"""The registry service: owns workers, hosts, service heartbeats and the farm's accounts; the farm view.
+
+Run it with `nameko run --config deploy/config.yaml services.registry`. Accounts (users with
+argon2-hashed passwords, roles, the tokens issued to them and their revocations) live in the
+registry's own database (services.registry.accounts); the tokens are signed with the farm's
+secret, so every service verifies them itself (shared.identity) and hears of revocations by the
+`token_revoked` event and its periodic re-read of `revoked_tokens`.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections import Counter
+from typing import Any
+
+from kombu import Connection, Queue
+from nameko import config
+from nameko.events import EventDispatcher
+from nameko.extensions import DependencyProvider
+from nameko.rpc import ServiceRpc, rpc
+from nameko.timer import timer
+
+from services.common.access import Access, Authenticated, allow
+from services.common.ask import ask
+from services.registry import accounts
+from services.registry import store as store_ops
+from shared import audit
+from shared.bands import DEAD_REPORTS_QUEUE, REPORTS_QUEUE, queue_name
+from shared.config import Settings, settings_from_mapping
+from shared.credentials import farm_secret
+from shared.db import Store, create_db_engine
+from shared.errors import EXPECTED_EXCEPTIONS
+from shared.identity import Role
+from shared.validation import validate_rpc_arguments
+
+log = logging.getLogger(__name__)
+
+
+class RegistryState:
+    """What every registry worker shares: settings, the store, and a way to read queue depths."""
+
+    def __init__(self, settings: Settings, store: Store) -> None:
+        self.settings = settings
+        self.store = store
+        self.secret = farm_secret(settings)  # signs the tokens the registry issues
+
+    def queue_depths(self, pools: set[str]) -> tuple[list[dict[str, Any]], dict[str, int]]:
+        """Messages and consumers of every pool-and-band queue, and the finish reports waiting
+        and set aside (corral.reports.dead), read with passive declares."""
+        depths = []
+        with Connection(self.settings.amqp_uri, connect_timeout=5) as connection:
+
+            def depth(name: str) -> tuple[int, int]:
+                try:
+                    channel = connection.channel()
+                    _, messages, consumers = Queue(name, channel=channel).queue_declare(
+                        passive=True)
+                    channel.close()
+                    return int(messages), int(consumers)
+                except Exception:  # the queue does not exist yet: nothing ever went there
+                    return 0, 0
+
+            for pool in sorted(pools):
+                for band in self.settings.bands:
+                    name = queue_name(pool, band.name)
+                    messages, consumers = depth(name)
+                    depths.append({"pool": pool, "band": band.name, "queue": name,
+                                   "messages": messages, "consumers": consumers})
+            reports = {"waiting": depth(REPORTS_QUEUE)[0], "dead": depth(DEAD_REPORTS_QUEUE)[0]}
+        return depths, reports
+
+
+class RegistryCore(DependencyProvider):
+    def setup(self) -> None:
+        settings = settings_from_mapping(config)
+        store = Store(create_db_engine(settings.registry_db), store_ops.RegistryTable.metadata,
+                      migrations="registry")
+        store.migrate()
+        self.state = RegistryState(settings, store)
+
+    def stop(self) -> None:
+        self.state.store.dispose()
+
+    def get_dependency(self, worker_ctx: Any) -> RegistryState:
+        return self.state
+
+
+@validate_rpc_arguments
+class RegistryService(Authenticated):
+    """RPC `registry`: workers join, heartbeat and leave; services report in; the farm at a glance."""
+
+    name = "registry"
+
+    core: RegistryState = RegistryCore()
+    dispatch = EventDispatcher()
+    access = Access(store_ops.AUDIT)
+    # Asked for their audit entries only: the registry's list_audit is the farm's whole log.
+    scheduler = ServiceRpc("scheduler")
+    negotiator = ServiceRpc("resource_negotiator")
+    license = ServiceRpc("license")
+
+    def _emit(self, emitted: list[tuple[str, dict[str, Any]]]) -> None:
+        for event_type, payload in emitted:
+            self.dispatch(event_type, payload)
+
+    @rpc(expected_exceptions=EXPECTED_EXCEPTIONS)
+    @allow(Role.WORKER)
+    def register_worker(self, worker_id: str, host: str, pool: str, bands: list[str],
+                        pid: int | None = None) -> dict[str, Any]:
+        reply, emitted = store_ops.register_worker(self.core.store, worker_id, host, pool,
+                                                   list(bands), pid)
+        self._emit(emitted)
+        return reply
+
+    @rpc(expected_exceptions=EXPECTED_EXCEPTIONS)
+    @allow(Role.WORKER)
+    def worker_heartbeat(self, worker_id: str, state: str,
+                         current_task: int | None = None) -> dict[str, Any]:
+        reply, emitted = store_ops.worker_heartbeat(self.core.store, worker_id, state,
+                                                    current_task)
+        self._emit(emitted)
+        return reply
+
+    @rpc(expected_exceptions=EXPECTED_EXCEPTIONS)
+    @allow(Role.WORKER)
+    def leave_worker(self, worker_id: str) -> dict[str, Any]:
+        reply, emitted = store_ops.leave_worker(self.core.store, worker_id)
+        self._emit(emitted)
+        return reply
+
+    @rpc(expected_exceptions=EXPECTED_EXCEPTIONS)
+    @allow(Role.ADMIN)  # the services report in with their own tokens
+    def service_heartbeat(self, service: str, host: str) -> None:
+        store_ops.service_heartbeat(self.core.store, service, host)
+
+    @rpc(expected_exceptions=EXPECTED_EXCEPTIONS)
+    @allow(Role.VIEWER, workers=True)  # the pool counts its idle workers
+    def list_workers(self, alive: bool = False, pool: str | None = None) -> list[dict[str, Any]]:
+        return store_ops.list_workers(self.core.store, alive, pool)
+
+    @rpc(expected_exceptions=EXPECTED_EXCEPTIONS)
+    @allow(Role.VIEWER)
+    def list_services(self) -> list[dict[str, Any]]:
+        return store_ops.list_services(self.core.store, self.core.settings.worker_lost_after)
+
+    @rpc(expected_exceptions=EXPECTED_EXCEPTIONS)
+    @allow(Role.VIEWER)
+    def farm_overview(self) -> dict[str, Any]:
+        workers = store_ops.list_workers(self.core.store)
+        by_state = Counter(w["state"] for w in workers)
+        pools = {w["pool"] for w in workers}
+        queues, reports = self.core.queue_depths(pools)
+        return {
+            "workers": dict(by_state),
+            "hosts": sorted({w["host"] for w in workers if w["state"] not in ("left", "lost")}),
+            "queues": queues,
+            "reports": reports,
+            "services": store_ops.list_services(self.core.store,
+                                                self.core.settings.worker_lost_after),
+        }
+
+    # --- accounts -------------------------------------------------------------------------------
+
+    @rpc(expected_exceptions=EXPECTED_EXCEPTIONS)
+    @allow(None)  # anyone: this is how a person without a token gets one
+    def authenticate(self, username: str, password: str) -> dict[str, Any]:
+        return accounts.authenticate(self.core.store, self.core.secret, username, password,
+                                     self.core.settings.login_ttl_seconds)
+
+    @rpc(expected_exceptions=EXPECTED_EXCEPTIONS)
+    @allow(Role.ADMIN, audit="user {username}")
+    def create_user(self, username: str, role: str, password: str | None = None) -> dict[str, Any]:
+        return accounts.create_user(self.core.store, username, role, password)
+
+    @rpc(expected_exceptions=EXPECTED_EXCEPTIONS)
+    @allow(Role.ADMIN)
+    def list_users(self) -> list[dict[str, Any]]:
+        return accounts.list_users(self.core.store)
+
+    @rpc(expected_exceptions=EXPECTED_EXCEPTIONS)
+    @allow(Role.ADMIN, audit="user {username}")
+    def remove_user(self, username: str) -> dict[str, Any]:
+        reply, emitted = accounts.remove_user(self.core.store, username)
+        self._revoked(emitted)
+        return reply
+
+    @rpc(expected_exceptions=EXPECTED_EXCEPTIONS)
+    @allow(Role.ADMIN, audit="token {reply[token_id]} of {username}")
+    def create_token(self, username: str, name: str,
+                     ttl_seconds: float | None = None) -> dict[str, Any]:
+        return accounts.create_token(self.core.store, self.core.secret, username, name,
+                                     ttl_seconds)
+
+    @rpc(expected_exceptions=EXPECTED_EXCEPTIONS)
+    @allow(Role.ADMIN, audit="token {token_id}")
+    def revoke_token(self, token_id: str) -> dict[str, Any]:
+        reply, emitted = accounts.revoke_token(self.core.store, token_id)
+        self._revoked(emitted)
+        return reply
+
+    @rpc(expected_exceptions=EXPECTED_EXCEPTIONS)
+    @allow(Role.ADMIN)
+    def list_tokens(self, username: str | None = None) -> list[dict[str, Any]]:
+        return accounts.list_tokens(self.core.store, username)
+
+    @rpc(expected_exceptions=EXPECTED_EXCEPTIONS)
+    @allow(Role.ADMIN)  # the services' own tokens are an administrator's
+    def revoked_tokens(self) -> list[str]:
+        return accounts.revoked_ids(self.core.store)
+
+    @rpc(expected_exceptions=EXPECTED_EXCEPTIONS)
+    @allow(Role.WRANGLER)
+    def list_audit(self, since: float | None = None, actor: str | None = None,
+                   limit: int = 100) -> list[dict[str, Any]]:
+        """Every service's audit entries as one log, newest first; a service that does not
+        answer within the RPC timeout is left out (and logged)."""
+        lists = [audit.entries(self.core.store, store_ops.AUDIT, since, actor, limit)]
+        for name, service in (("scheduler", self.scheduler), ("resource_negotiator", self.negotiator),
+                              ("license", self.license)):
+            entries = ask(lambda service=service: service.list_audit(since, actor, limit),
+                          self.core.settings.rpc_timeout_seconds,
+                          f"no audit entries from the {name} service", logging.WARNING)
+            lists.append(entries or [])
+        return audit.merge(lists, limit)
+
+    def _revoked_token_ids(self) -> list[str]:
+        return accounts.revoked_ids(self.core.store)  # its own: no round trip
+
+    def _revoked(self, emitted: list[tuple[str, dict[str, Any]]]) -> None:
+        for _, payload in emitted:
+            self.access.revoke(payload["token_id"])  # this instance at once; others by the event
+        self._emit(emitted)
+    # --- forgetting, when the cleanup service asks ----------------------------------------------
+
+    @rpc(expected_exceptions=EXPECTED_EXCEPTIONS)
+    @allow(Role.ADMIN)  # the cleanup service's own calls
+    def forget_workers(self, gone_for_seconds: float) -> dict[str, Any]:
+        """Delete workers that left or were lost more than `gone_for_seconds` ago."""
+        return store_ops.forget_workers(self.core.store, float(gone_for_seconds))
+
+    @timer(interval=1)
+    def find_lost_workers(self) -> None:
+        self._emit(store_ops.mark_lost_workers(self.core.store,
+                                               self.core.settings.worker_lost_after))
+
+    @timer(interval=2, eager=True)
+    def report_in(self) -> None:
+        store_ops.service_heartbeat(self.core.store, self.name, socket.gethostname())

@@ -1,0 +1,178 @@
+"""The registry's own tables (workers, service heartbeats) and their state changes, without nameko."""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import registry
+from sqlmodel import Field, SQLModel
+
+from shared import audit, events
+from shared.db import Store
+
+Emitted = list[tuple[str, dict[str, Any]]]
+
+
+class RegistryTable(SQLModel, registry=registry()):
+    """Base of the registry's tables: their own metadata, in the registry's database."""
+
+
+class WorkerState(StrEnum):
+    IDLE = "idle"
+    BUSY = "busy"
+    DRAINING = "draining"
+    LOST = "lost"
+    LEFT = "left"
+
+
+ALIVE_STATES = (WorkerState.IDLE, WorkerState.BUSY, WorkerState.DRAINING)
+
+
+class Worker(RegistryTable, table=True):
+    worker_id: str = Field(primary_key=True)
+    host: str = Field(index=True)
+    pool: str = Field(index=True)
+    bands: str  # JSON list of band names
+    pid: int | None = None
+    state: str = Field(default=WorkerState.IDLE, index=True)
+    current_task: int | None = None
+    started_at: float
+    last_seen: float
+    left_at: float | None = None
+
+
+class ServiceInstance(RegistryTable, table=True):
+    service: str = Field(primary_key=True)
+    host: str = Field(primary_key=True)
+    started_at: float
+    last_seen: float
+
+
+def worker_dict(worker: Worker, now: float | None = None) -> dict[str, Any]:
+    data = worker.model_dump(mode="json")
+    data["bands"] = json.loads(worker.bands)
+    if now is not None:
+        data["seen_seconds_ago"] = round(max(0.0, now - worker.last_seen), 3)
+    return data
+
+
+def _joined(worker: Worker) -> tuple[str, dict[str, Any]]:
+    return (events.WORKER_JOINED, {"worker_id": worker.worker_id, "host": worker.host,
+                                   "pool": worker.pool, "bands": json.loads(worker.bands)})
+
+
+def register_worker(store: Store, worker_id: str, host: str, pool: str, bands: list[str],
+                    pid: int | None) -> tuple[dict[str, Any], Emitted]:
+    with store.write() as session:
+        now = store.now(session)
+        worker = session.get(Worker, worker_id)
+        if worker is None:
+            worker = Worker(worker_id=worker_id, host=host, pool=pool, bands=json.dumps(bands),
+                            pid=pid, started_at=now, last_seen=now)
+            session.add(worker)
+        else:
+            worker.host, worker.pool, worker.bands, worker.pid = host, pool, json.dumps(bands), pid
+            worker.state, worker.last_seen, worker.left_at = WorkerState.IDLE, now, None
+        return worker_dict(worker, now), [_joined(worker)]
+
+
+def worker_heartbeat(store: Store, worker_id: str, state: str,
+                     current_task: int | None) -> tuple[dict[str, Any], Emitted]:
+    """Record a heartbeat; a worker we had given up on comes back to life (and says so)."""
+    if state not in (WorkerState.IDLE, WorkerState.BUSY, WorkerState.DRAINING):
+        state = WorkerState.BUSY if current_task else WorkerState.IDLE
+    with store.write() as session:
+        now = store.now(session)
+        worker = session.get(Worker, worker_id)
+        if worker is None:
+            return {"known": False}, []
+        emitted: Emitted = []
+        if worker.state in (WorkerState.LOST, WorkerState.LEFT):
+            emitted.append(_joined(worker))
+            worker.left_at = None
+        worker.state, worker.current_task, worker.last_seen = state, current_task, now
+        return {"known": True}, emitted
+
+
+def leave_worker(store: Store, worker_id: str) -> tuple[dict[str, Any], Emitted]:
+    with store.write() as session:
+        now = store.now(session)
+        worker = session.get(Worker, worker_id)
+        if worker is None or worker.state == WorkerState.LEFT:
+            return {"worker_id": worker_id, "state": WorkerState.LEFT}, []
+        worker.state, worker.left_at, worker.current_task = WorkerState.LEFT, now, None
+        return worker_dict(worker, now), [(events.WORKER_LEFT, {"worker_id": worker_id})]
+
+
+def mark_lost_workers(store: Store, lost_after: float) -> Emitted:
+    """Workers silent for longer than `lost_after` seconds are lost."""
+    with store.write() as session:
+        now = store.now(session)
+        silent = session.scalars(select(Worker).where(
+            Worker.state.in_(ALIVE_STATES), Worker.last_seen < now - lost_after)).all()  # type: ignore[attr-defined]
+        emitted: Emitted = []
+        for worker in silent:
+            worker.state = WorkerState.LOST
+            emitted.append((events.WORKER_LOST, {"worker_id": worker.worker_id,
+                                                 "host": worker.host,
+                                                 "current_task": worker.current_task}))
+        return emitted
+
+
+def list_workers(store: Store, alive: bool = False, pool: str | None = None) -> list[dict[str, Any]]:
+    with store.read() as session:
+        now = store.now(session)
+        query = select(Worker)
+        if alive:
+            query = query.where(Worker.state.in_(ALIVE_STATES))  # type: ignore[attr-defined]
+        if pool:
+            query = query.where(Worker.pool == pool)
+        workers = session.scalars(query.order_by(Worker.host, Worker.worker_id)).all()
+        return [worker_dict(w, now) for w in workers]
+
+
+def service_heartbeat(store: Store, service: str, host: str) -> None:
+    with store.write() as session:
+        now = store.now(session)
+        instance = session.get(ServiceInstance, (service, host))
+        if instance is None:
+            session.add(ServiceInstance(service=service, host=host, started_at=now, last_seen=now))
+        else:
+            instance.last_seen = now
+
+
+def list_services(store: Store, alive_within: float) -> list[dict[str, Any]]:
+    with store.read() as session:
+        now = store.now(session)
+        rows = session.scalars(select(ServiceInstance).order_by(ServiceInstance.service)).all()
+        return [{**row.model_dump(mode="json"), "alive": now - row.last_seen <= alive_within,
+                 "seen_seconds_ago": round(now - row.last_seen, 3)} for row in rows]
+
+
+# --- the audit log (shared.audit) ---------------------------------------------------------------
+
+AUDIT = audit.audit_table(RegistryTable.metadata, "registry")
+"""What was done to accounts, tokens and workers, by whom, when and from where."""
+# --- forgetting: workers gone long ago, when the cleanup service asks ------------------------------
+
+def forget_workers(store: Store, gone_for_seconds: float) -> dict[str, Any]:
+    """Delete workers that left or were lost more than `gone_for_seconds` ago.
+
+    Returns the workers forgotten and the hosts that still have a live worker (the negotiator
+    keeps those hosts whatever their age).
+    """
+    with store.write() as session:
+        now = store.now(session)
+        cutoff = now - max(0.0, float(gone_for_seconds))
+        gone = session.scalars(select(Worker).where(
+            Worker.state.in_((WorkerState.LEFT, WorkerState.LOST)),  # type: ignore[attr-defined]
+            func.coalesce(Worker.left_at, Worker.last_seen) < cutoff)).all()
+        forgotten = [worker.worker_id for worker in gone]
+        for worker in gone:
+            session.delete(worker)
+        live_hosts = sorted(set(session.scalars(select(Worker.host).where(
+            Worker.state.in_(ALIVE_STATES)))))  # type: ignore[attr-defined]
+    return {"forgotten": forgotten, "live_hosts": live_hosts}

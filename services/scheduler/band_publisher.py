@@ -1,0 +1,106 @@
+"""Publishes task messages to the durable band queues, with publisher confirms.
+
+A message is `{task_id, attempt}` plus, for a task that books resources, what it books
+(`resources`, `preferred`), so the worker can book them while its claim is on the way.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from kombu import Connection, Queue
+
+from services.scheduler.dispatch import Release
+from shared.bands import queue_name
+
+log = logging.getLogger(__name__)
+
+
+class BandPublisher:
+    """One confirmed channel to the broker; callers serialise their use of it."""
+
+    def __init__(self, amqp_uri: str) -> None:
+        self.amqp_uri = amqp_uri
+        self._connection: Connection | None = None
+        self._declared: set[str] = set()
+
+    def _producer_channel(self):  # type: ignore[no-untyped-def]
+        if self._connection is None or not self._connection.connected:
+            self.close()
+            self._connection = Connection(self.amqp_uri,
+                                          transport_options={"confirm_publish": True},
+                                          heartbeat=0)
+            self._connection.ensure_connection(max_retries=3, interval_start=0.2)
+            self._declared.clear()
+        return self._connection.default_channel
+
+    def publish(self, releases: Sequence[Release]) -> list[Release]:
+        """Publish each message, waiting for the broker's confirm; return those that made it."""
+        published: list[Release] = []
+        try:
+            channel = self._producer_channel()
+            for release in releases:
+                queue = queue_name(release.pool, release.band)
+                if queue not in self._declared:
+                    Queue(queue, durable=True, channel=channel).declare()
+                    self._declared.add(queue)
+                message: dict[str, Any] = {"task_id": release.task_id,
+                                           "attempt": release.attempt}
+                if release.wants:
+                    message.update(json.loads(release.wants))
+                body = json.dumps(message)
+                channel.basic_publish(
+                    channel.prepare_message(body.encode(), priority=0,
+                                            content_type="application/json",
+                                            content_encoding="utf-8",
+                                            properties={"delivery_mode": 2}),
+                    exchange="", routing_key=queue, mandatory=False)
+                published.append(release)
+        except Exception as exc:  # the broker went away: what was not confirmed is retried later
+            log.warning("publishing to band queues failed after %d of %d: %s",
+                        len(published), len(releases), exc)
+            self.close()
+        return published
+
+    def send(self, queue: str, body: dict[str, Any]) -> None:
+        """Publish one persistent JSON message to a durable queue, confirmed; raises on failure."""
+        try:
+            channel = self._producer_channel()
+            if queue not in self._declared:
+                Queue(queue, durable=True, channel=channel).declare()
+                self._declared.add(queue)
+            channel.basic_publish(
+                channel.prepare_message(json.dumps(body).encode(), priority=0,
+                                        content_type="application/json",
+                                        content_encoding="utf-8",
+                                        properties={"delivery_mode": 2}),
+                exchange="", routing_key=queue, mandatory=False)
+        except Exception:
+            self.close()
+            raise
+
+    def queue_depth(self, queue: str) -> int | None:
+        """Messages ready in a queue, or None when the broker cannot tell us."""
+        counts = self.queue_counts(queue)
+        return None if counts is None else counts[0]
+
+    def queue_counts(self, queue: str) -> tuple[int, int] | None:
+        """(messages ready, consumers) of a queue, or None when the broker cannot tell us."""
+        try:
+            channel = self._producer_channel()
+            _, messages, consumers = Queue(queue, channel=channel).queue_declare(passive=True)
+            return int(messages), int(consumers)
+        except Exception:  # a missing queue closes the channel: start afresh next time
+            self.close()
+            return None
+
+    def close(self) -> None:
+        if self._connection is not None:
+            try:
+                self._connection.release()
+            except Exception:  # closing a dead connection may itself fail
+                pass
+        self._connection = None
