@@ -14,6 +14,18 @@ from sqlalchemy import create_engine, text
 
 from tests.farm import AMQP_HOST, ROOT, create_vhost, delete_vhost, rabbitmqctl  # noqa: F401
 
+FARM_DATABASES = ("sqlite", "postgresql")
+"""What an integration test's farm can run on; the suite runs every such test on each."""
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--farm-databases", default="sqlite",
+        help="the databases every integration test's farm runs on, comma-separated "
+             "(default: sqlite; sqlite,postgresql runs the whole integration suite on each)")
+
+
+
 POSTGRES_ADMIN_URL = os.environ.get("CORRAL_TEST_POSTGRES",
                                     "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
 

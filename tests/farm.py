@@ -2,19 +2,24 @@
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import amqp.exceptions
-from nameko.exceptions import UnknownService
+from nameko.exceptions import RpcTimeout, UnknownService
 from nameko.standalone.rpc import ClusterRpcProxy
 
 import shared.errors  # noqa: F401  (so refusals arrive as Corral's own errors)
+from shared.config import settings_from_mapping
+from shared.credentials import ensure_local_credentials
+from shared.identity import CONTEXT_KEY, Role, issue_token
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "deploy" / "config.yaml"
@@ -26,6 +31,12 @@ def rabbitmqctl(*args: str) -> str:
     if done.returncode != 0:
         raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {done.stderr or done.stdout}")
     return done.stdout
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def create_vhost() -> str:
@@ -42,10 +53,12 @@ def delete_vhost(name: str) -> None:
 class Farm:
     """Starts and kills the parts of one farm; every process is a real one."""
 
-    def __init__(self, directory: Path, amqp_uri: str, vhost: str) -> None:
+    def __init__(self, directory: Path, amqp_uri: str, vhost: str,
+                 ctl: Callable[..., str] = rabbitmqctl) -> None:
         self.directory = directory
         self.amqp_uri = amqp_uri
         self.vhost = vhost
+        self.ctl = ctl  # rabbitmqctl of the broker this farm runs on (the shared one, or a test's own)
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.env = {
             **os.environ,
@@ -57,39 +70,54 @@ class Farm:
             "CORRAL_WORKER_LOST_AFTER": "3",
             "CORRAL_REDISPATCH_SECONDS": "5",
             "CORRAL_RPC_TIMEOUT": "3",
+            # Tests need not find 5 GB free; the storage threshold has tests of its own.
+            "CORRAL_STORAGE_MIN_FREE": "50M",
             "PYTHONWARNINGS": "ignore::DeprecationWarning",
             "PYTHONUNBUFFERED": "1",
+            "CORRAL_CONFIG": str(CONFIG),
+            # `corral up` starts a monitor too: on a port of its own, beside other farms.
+            "CORRAL_WEB_BIND": f"127.0.0.1:{free_port()}",
         }
-        self._rpc_client: ClusterRpcProxy | None = None
+        # The farm's secret and credentials, made as `corral up` makes them (see rpc below).
+        self.credentials = ensure_local_credentials(settings_from_mapping(
+            {"CORRAL": {"data_dir": str(directory / "data")}}))
+        self._clients: list[ClusterRpcProxy] = []
         self._rpc: Any = None
         self._counter = 0
 
     # --- processes ------------------------------------------------------------------------------
 
-    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+    def _spawn(self, name: str, argv: list[str],
+               env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         log = open(self.directory / f"{name}.log", "ab")
-        process = subprocess.Popen(argv, env=self.env, cwd=ROOT, stdout=log,
+        process = subprocess.Popen(argv, env={**self.env, **(env or {})}, cwd=ROOT, stdout=log,
                                    stderr=subprocess.STDOUT)
         self.processes[name] = process
         return process
 
-    def start_service(self, module: str) -> subprocess.Popen[bytes]:
+    def start_service(self, module: str,
+                      env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """Start a service; `env` overrides the farm's variables for it (its own broker address
+        or database, say)."""
         process = self._spawn(module, [sys.executable, "-m", "nameko", "run", "--config",
-                                       str(CONFIG), f"services.{module}"])
+                                       str(CONFIG), f"services.{module}"], env)
         self.wait_for(lambda: self._service_ready(module), 30, f"{module} to start")
         return process
 
     def _service_ready(self, module: str) -> bool:
-        out = rabbitmqctl("list_queues", "-p", self.vhost, "name", "consumers", "--quiet")
+        out = self.ctl("list_queues", "-p", self.vhost, "name", "consumers", "--quiet")
         return any(line.split()[:2] == [f"rpc-{module}", "1"] for line in out.splitlines()
                    if line.strip())
 
-    def start_worker(self, *extra: str, name: str | None = None) -> str:
+    def start_worker(self, *extra: str, name: str | None = None,
+                     env: dict[str, str] | None = None) -> str:
+        """Start a worker (`env` overrides the farm's variables for it) and wait until it has
+        registered; its worker id."""
         self._counter += 1
         name = name or f"worker-{self._counter}"
         before = {w["worker_id"] for w in self.rpc.registry.list_workers(alive=True)}
         self._spawn(name, [sys.executable, "-m", "services.cli", "worker", "--config",
-                           str(CONFIG), *extra])
+                           str(CONFIG), *extra], env)
         found: list[str] = []
 
         def registered() -> bool:
@@ -107,6 +135,24 @@ class Farm:
             self.start_worker()
         return self
 
+    def start_monitor(self, *extra: str, workers: int = 2) -> str:
+        """The monitor under gunicorn on a free port of this machine; its base URL."""
+        port = free_port()
+        self._spawn("monitor", [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}",
+                                "--workers", str(workers), "--threads", "4", "--timeout", "60",
+                                *extra, "web:create_app()"])
+        url = f"http://127.0.0.1:{port}"
+
+        def answers() -> bool:
+            try:
+                with urllib.request.urlopen(f"{url}/healthz", timeout=2) as response:
+                    return bool(response.status == 200)
+            except OSError:
+                return False
+
+        self.wait_for(answers, 30, "the monitor to answer")
+        return url
+
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         process = self.processes[name]
         process.send_signal(sig)
@@ -118,26 +164,39 @@ class Farm:
                 process.kill()
         for process in self.processes.values():
             process.wait(30)
-        if self._rpc_client is not None:
-            self._rpc_client.stop()
+        self.reconnect()
 
     # --- talking to it --------------------------------------------------------------------------
 
     @property
     def rpc(self) -> Any:
+        """The farm's RPC as its own parts call it: a worker-facing method with the farm's
+        worker credential, every other with the local farm's admin credential."""
         if self._rpc is None:
-            self._rpc_client = ClusterRpcProxy(uri=self.amqp_uri, timeout=20)
-            self._rpc = self._rpc_client.start()
+            self._rpc = _CredentialedRpc(self.client(self.credentials.admin_token),
+                                         self.client(self.credentials.worker_token))
         return self._rpc
 
+    def client(self, token: str | None) -> Any:
+        """A started RPC client presenting `token` (None: no token at all), stopped with the farm."""
+        client = ClusterRpcProxy(uri=self.amqp_uri, timeout=20,
+                                 context_data={} if token is None else {CONTEXT_KEY: token})
+        self._clients.append(client)
+        return client.start()
+
+    def token_for(self, user: str, role: Role, **options: Any) -> str:
+        """A token signed with this farm's secret, as the registry would issue it."""
+        return issue_token(self.credentials.secret, user, role, **options)
+
     def reconnect(self) -> None:
-        """A new client: the old one's connection was closed by the broker."""
-        if self._rpc_client is not None:
+        """New clients: the old ones' connection was closed by the broker."""
+        for client in self._clients:
             try:
-                self._rpc_client.stop()
+                client.stop()
             except Exception:  # its connection is already gone
                 pass
-        self._rpc_client = self._rpc = None
+        self._clients.clear()
+        self._rpc = None
 
     def submit(self, tasks: list[dict[str, Any]], **spec: Any) -> dict[str, Any]:
         return self.rpc.scheduler.submit_job({"tasks": tasks, **spec})
@@ -152,6 +211,8 @@ class Farm:
                 value = None
             except UnknownService:
                 value = None  # not started yet
+            except RpcTimeout:
+                value = None  # a service still coming back (after a broker restart, say)
             if value:
                 return value
             time.sleep(0.1)
@@ -167,7 +228,7 @@ class Farm:
 
     def queue_counts(self) -> dict[str, tuple[int, int]]:
         """queue -> (ready messages, unacknowledged messages), as the broker reports them."""
-        out = rabbitmqctl("list_queues", "-p", self.vhost, "name", "messages_ready",
+        out = self.ctl("list_queues", "-p", self.vhost, "name", "messages_ready",
                           "messages_unacknowledged", "--quiet")
         counts = {}
         for line in out.splitlines():
@@ -175,6 +236,43 @@ class Farm:
             if len(parts) == 3 and parts[1].isdigit():
                 counts[parts[0]] = (int(parts[1]), int(parts[2]))
         return counts
+
+
+def _worker_methods() -> dict[str, set[str]]:
+    """service -> the RPC methods only the worker credential may call (their declared rules)."""
+    from services.common.access import rpc_methods, rule_of
+    from services.license import LicenseService
+    from services.registry import RegistryService
+    from services.resource_negotiator import ResourceNegotiatorService
+    from services.scheduler import SchedulerService
+
+    found: dict[str, set[str]] = {}
+    for service in (SchedulerService, RegistryService, ResourceNegotiatorService, LicenseService):
+        found[service.name] = {name for name, method in rpc_methods(service).items()
+                               if (rule := rule_of(method)) is not None
+                               and rule.minimum is Role.WORKER}
+    return found
+
+
+class _CredentialedRpc:
+    """`rpc.<service>.<method>` through the client whose credential that method accepts."""
+
+    def __init__(self, person: Any, worker: Any) -> None:
+        self._person, self._worker = person, worker
+        self._worker_methods = _worker_methods()
+
+    def __getattr__(self, service: str) -> Any:
+        return _CredentialedService(self, service)
+
+
+class _CredentialedService:
+    def __init__(self, rpc: _CredentialedRpc, service: str) -> None:
+        self._rpc, self._service = rpc, service
+
+    def __getattr__(self, method: str) -> Any:
+        worker_side = method in self._rpc._worker_methods.get(self._service, set())
+        client = self._rpc._worker if worker_side else self._rpc._person
+        return getattr(getattr(client, self._service), method)
 
 
 def host_free(farm: Farm) -> tuple[float, int] | None:

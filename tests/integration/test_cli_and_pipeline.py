@@ -24,10 +24,12 @@ def test_readme_pipeline_script_submits_and_sees_its_job_finish(farm: Farm) -> N
     assert script.strip() in (ROOT / "README.md").read_text()  # the README shows this very script
     assert len(script.strip().splitlines()) <= 12
     farm.start(workers=1)
-    done = subprocess.run([sys.executable, str(EXAMPLE)], env=farm.env, capture_output=True,
-                          text=True, timeout=60)
+    farm.rpc.registry.create_user("pipeline", "artist")
+    token = farm.rpc.registry.create_token("pipeline", "nightly")["token"]
+    done = subprocess.run([sys.executable, str(EXAMPLE)], env={**farm.env, "CORRAL_TOKEN": token},
+                          capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip().endswith("done {'done': 4}")
+    assert done.stdout.strip().endswith("done {'done': 4} as pipeline")
 
 
 def test_submit_wait_reports_the_finished_job(farm: Farm) -> None:

@@ -130,3 +130,30 @@ def test_a_poison_finish_report_is_set_aside_and_the_next_one_still_applies(farm
     job = farm.submit([{"command": ["true"]}] * 3)
     assert farm.wait_for_job(job["id"])["counts"] == {"done": 3}
     assert farm.queue_counts()["corral.reports"] == (0, 0)
+
+
+def test_a_copy_of_a_message_reaching_its_worker_after_the_run_starts_nothing(
+        farm: Farm, tmp_path: Path) -> None:
+    # One worker, so the copy can only reach the worker that ran the task. The scheduler is
+    # frozen while the payload finishes, so the worker's finish report and its claim of the copy
+    # both wait for it: the claim must not hand the finished attempt back to its worker.
+    farm.start(workers=1)
+    ledger = tmp_path / "ledger"
+    job = farm.submit([ledger_task(ledger, 1.5)])
+    task_id = farm.rpc.scheduler.get_job(job["id"])["tasks"][0]["id"]
+    farm.wait_for(lambda: farm.rpc.scheduler.get_task(task_id)["state"] == "running", 30,
+                  "the task to start")
+    attempt = farm.rpc.scheduler.get_task(task_id)["attempt"]
+    farm.processes["scheduler"].send_signal(signal.SIGSTOP)
+    try:
+        with Connection(farm.amqp_uri) as connection:
+            connection.Producer().publish(json.dumps({"task_id": task_id, "attempt": attempt}),
+                                          routing_key="corral.cpu.normal", delivery_mode=2,
+                                          content_type="application/json")
+        farm.wait_for(lambda: ledger.exists(), 30, "the payload to complete")
+        time.sleep(1.0)  # the worker reports, takes work again, and asks to claim the copy
+    finally:
+        farm.processes["scheduler"].send_signal(signal.SIGCONT)
+    assert_each_completed_once(farm, job["id"], ledger)
+    time.sleep(2.5)  # a second run would complete in this time
+    assert ledger.read_text().split() == [str(task_id)]

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from kombu import Connection
 
-from services import _negotiator_store as negotiator
-from services._negotiator_store import NegotiatorTable
+from services.resource_negotiator import store as negotiator
+from services.resource_negotiator.store import NegotiatorTable
 from shared.db import Store, create_db_engine
 from shared.resources import Resources
 from tests.farm import Farm, host_free, wait_until
@@ -148,12 +148,19 @@ def test_duplicate_delivery_books_and_gives_back_only_its_own_reservation(farm: 
     farm.wait_for(lambda: host_free(farm) == (8, 8192), 20, "the host free again")
 
 
-def test_two_one_gpu_tasks_on_one_host_are_pinned_to_different_gpus(farm: Farm) -> None:
+def test_two_one_gpu_tasks_on_one_host_are_pinned_to_different_gpus(farm: Farm,
+                                                                    tmp_path: Path) -> None:
     start_with_negotiator(farm)
     for name in ("worker1", "worker2"):
         farm.start_worker("--gpus", "2", name=name)
-    job = farm.submit([{"command": ["sh", "-c", 'echo "gpu=$CUDA_VISIBLE_DEVICES"; sleep 1.5']}]
-                      * 2, resources={"cores": 1, "gpus": 1})
+    # Each task waits until both run, so they hold their GPUs at once however loaded the
+    # machine is (a sleep let the first end before the second started, both on GPU 0).
+    started = tmp_path / "started"
+    started.mkdir()
+    both_running = (f'echo "gpu=$CUDA_VISIBLE_DEVICES"; touch {started}/$$; '
+                    f'while [ "$(ls {started} | wc -l)" -lt 2 ]; do sleep 0.1; done')
+    job = farm.submit([{"command": ["sh", "-c", both_running]}] * 2,
+                      resources={"cores": 1, "gpus": 1})
     done = farm.wait_for_job(job["id"], timeout=60)
     seen = sorted(Path(farm.rpc.scheduler.get_task(t["id"])["log_path"]).read_text().split()[0]
                   for t in done["tasks"])

@@ -6,10 +6,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import MetaData, text
 
-from services._license_store import LicenceTable
-from services._negotiator_store import NegotiatorTable
-from services._registry_store import RegistryTable
-from services._scheduler_store import SchedulerTable
+from services.cleanup.store import CleanupTable
+from services.license.store import LicenceTable
+from services.registry.store import RegistryTable
+from services.resource_negotiator.store import NegotiatorTable
+from services.scheduler.store import SchedulerTable
 from shared.bands import parse_bands
 from shared.db import Store, create_db_engine
 from shared.migrations import version_table
@@ -48,3 +49,4 @@ scheduler_store = _store_fixture(SchedulerTable.metadata, "scheduler")
 registry_store = _store_fixture(RegistryTable.metadata, "registry")
 negotiator_store = _store_fixture(NegotiatorTable.metadata, "negotiator")
 licence_store = _store_fixture(LicenceTable.metadata, "licence")
+cleanup_store = _store_fixture(CleanupTable.metadata, "cleanup")

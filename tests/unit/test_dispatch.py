@@ -1,6 +1,6 @@
 """Release decisions: bands, priority, fairness and matching, with no I/O."""
 
-from services._dispatch import Candidate, IdleWorker, absorb_dispatched, plan_release, should_retry
+from services.scheduler.dispatch import Candidate, IdleWorker, absorb_dispatched, plan_release, should_retry
 
 HIGH_FIRST = ["high", "normal", "low"]
 

@@ -6,9 +6,9 @@ from typing import Any
 import pytest
 from nameko.testing.services import worker_factory
 
-from services import _scheduler_store as store_ops
-from services import scheduler
-from services.scheduler import MAX_REPORT_TRIES, SchedulerService
+from services.scheduler import service as scheduler
+from services.scheduler import store as store_ops
+from services.scheduler.service import MAX_REPORT_TRIES, SchedulerService
 from shared.errors import StaleLease
 
 REPORT = {"task_id": 7, "lease_token": "t", "exit_code": 0}

@@ -4,9 +4,9 @@ from typing import Any
 
 import pytest
 
-from services import _scheduler_store as ops
-from services._dispatch import IdleWorker
-from services.scheduler import Dispatcher
+from services.scheduler import store as ops
+from services.scheduler.dispatch import IdleWorker
+from services.scheduler.service import Dispatcher
 from shared.config import DEFAULT_CONFIG_PATH, load_settings
 from shared.db import Store
 from shared.errors import InvalidState, LimitExceeded, StaleLease

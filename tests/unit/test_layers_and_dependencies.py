@@ -4,8 +4,8 @@ from typing import Any
 
 import pytest
 
-from services import _scheduler_store as ops
-from services._dispatch import IdleWorker
+from services.scheduler import store as ops
+from services.scheduler.dispatch import IdleWorker
 from shared.db import Store
 from shared.errors import InvalidSpec, InvalidState
 from shared.spec import validate_job_spec

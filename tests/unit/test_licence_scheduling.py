@@ -5,8 +5,8 @@ from typing import Any
 
 import pytest
 
-from services import _scheduler_store as ops
-from services._dispatch import Candidate, IdleWorker, plan_release
+from services.scheduler import store as ops
+from services.scheduler.dispatch import Candidate, IdleWorker, plan_release
 from shared.db import Store
 from shared.errors import InvalidSpec
 from shared.spec import validate_job_spec

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from nameko.testing.services import worker_factory
 
-from services import _license_store as ops
-from services.license import LicenceState, LicenseService, status_commands
+from services.license import store as ops
+from services.license.service import LicenceState, LicenseService, status_commands
 from shared.config import Settings, settings_from_mapping
 from shared.db import Store, create_db_engine
 

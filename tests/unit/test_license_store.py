@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services import _license_store as ops
+from services.license import store as ops
 from shared.db import Store, create_db_engine
 from shared.errors import InvalidSpec, InvalidState, NotFound
 from tests.farm import ROOT
@@ -280,7 +280,7 @@ def test_a_restarted_service_sees_every_lease_and_grants_nothing_twice(licence_s
 ACQUIRE_MANY = textwrap.dedent("""
     import sys
     import time
-    from services import _license_store as ops
+    from services.license import store as ops
     from shared.db import Store, create_db_engine
 
     url, prefix, start_at = sys.argv[1], sys.argv[2], float(sys.argv[3])

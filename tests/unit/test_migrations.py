@@ -21,16 +21,18 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from setuptools import find_namespace_packages
 from sqlalchemy import MetaData, inspect, text
 from sqlalchemy.engine import Engine
 from typer.testing import CliRunner
 
-from services import _scheduler_store as scheduler_ops
-from services._license_store import LicenceTable
-from services._negotiator_store import NegotiatorTable
-from services._registry_store import RegistryTable
-from services._scheduler_store import SchedulerTable
-from services.cli import app
+from services.cleanup.store import CleanupTable
+from services.cli.main import app
+from services.license.store import LicenceTable
+from services.registry.store import RegistryTable
+from services.resource_negotiator.store import NegotiatorTable
+from services.scheduler import store as scheduler_ops
+from services.scheduler.store import SchedulerTable
 from shared.db import Store, create_db_engine
 from shared.errors import SchemaError
 from shared.migrations import (
@@ -48,7 +50,8 @@ from tests.farm import ROOT
 from tests.unit.conftest import BANDS
 
 METADATA = {"scheduler": SchedulerTable.metadata, "registry": RegistryTable.metadata,
-            "negotiator": NegotiatorTable.metadata, "licence": LicenceTable.metadata}
+            "negotiator": NegotiatorTable.metadata, "licence": LicenceTable.metadata,
+            "cleanup": CleanupTable.metadata}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -171,7 +174,9 @@ def test_the_comparison_finds_a_column_the_migrations_do_not_add(
     engine = new_engine()
     upgrade_to(engine, "scheduler", "0001")
     found = [change for change in differences(engine, "scheduler") if change[0] == "add_column"]
-    assert [(kind, table, column.name) for kind, _, table, column in found] == [
+    assert sorted((kind, table, column.name) for kind, _, table, column in found) == [
+        ("add_column", "attempt", "excused"), ("add_column", "job", "keep"),
+        ("add_column", "job", "retention"), ("add_column", "job", "submission_key"),
         ("add_column", "task", "licences")]
 
 
@@ -237,10 +242,9 @@ def test_a_database_made_by_create_all_from_todays_models_is_recognised_and_brou
     engine = new_engine()
     METADATA[tree].create_all(engine)
     head = head_revision(tree)
-    # Recognised by its tables and columns: the oldest revision that has them all (the
-    # scheduler's 0003 only adds an index), then upgraded, finding that index already there.
-    oldest_alike = {"scheduler": "0002"}.get(tree, head)
-    assert upgrade(engine, tree) == Upgrade(None, head, recognised=oldest_alike)
+    # Recognised by its tables and columns: the oldest revision that has them all. Each tree's
+    # newest revision adds the audit log's table, so only the head has every table today.
+    assert upgrade(engine, tree) == Upgrade(None, head, recognised=head)
     assert version_rows(engine, tree) == [head]
     assert differences(engine, tree) == []
 
@@ -342,7 +346,10 @@ def test_a_migration_logs_one_line_per_revision_and_alembic_stays_quiet(
     assert [(record.name, record.getMessage().split(" (")[0]) for record in caplog.records] == [
         ("corral.migrations", "scheduler database: migrated to revision 0001"),
         ("corral.migrations", "scheduler database: migrated to revision 0002"),
-        ("corral.migrations", "scheduler database: migrated to revision 0003")]
+        ("corral.migrations", "scheduler database: migrated to revision 0003"),
+        ("corral.migrations", "scheduler database: migrated to revision 0004"),
+        ("corral.migrations", "scheduler database: migrated to revision 0005"),
+        ("corral.migrations", "scheduler database: migrated to revision 0006")]
 
 
 # --- downgrades, kept where trivial ------------------------------------------------------------
@@ -382,7 +389,7 @@ def test_corral_db_upgrade_migrates_every_database_and_current_shows_them(
     upgraded = runner.invoke(app, ["db", "upgrade", "--config", str(farm_config)])
     assert upgraded.exit_code == 0, upgraded.output
     assert sorted(path.name for path in (tmp_path / "data").glob("*.db")) == [
-        "licence.db", "negotiator.db", "registry.db", "scheduler.db"]
+        "cleanup.db", "licence.db", "negotiator.db", "registry.db", "scheduler.db"]
     current = runner.invoke(app, ["db", "current", "--config", str(farm_config), "--json"])
     assert current.exit_code == 0, current.output
     assert {entry["service"]: (entry["revision"], entry["head"])
@@ -400,8 +407,10 @@ def test_corral_db_upgrade_of_one_service_leaves_the_others_alone(
     assert "scheduler" in result.output and head in result.output
     assert [path.name for path in (tmp_path / "data").glob("*.db")] == ["scheduler.db"]
     current = runner.invoke(app, ["db", "current", "--config", str(farm_config), "--json"])
-    revisions = {entry["service"]: entry["revision"] for entry in json.loads(current.output)}
-    assert revisions == {"scheduler": head, "registry": None, "negotiator": None, "licence": None}
+    # stdout only: the note on where it looked for the missing files goes to stderr, for people.
+    revisions = {entry["service"]: entry["revision"] for entry in json.loads(current.stdout)}
+    assert revisions == {"scheduler": head, "registry": None, "negotiator": None, "licence": None,
+                         "cleanup": None}
 
 
 def test_corral_db_refuses_an_unknown_service(farm_config: Path) -> None:
@@ -441,11 +450,13 @@ def revision_ids(source: str) -> tuple[str, str]:
 def test_every_file_of_the_migration_trees_ships_in_the_package() -> None:
     setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     data = setuptools["package-data"]["services.migrations"]
+    # Packages are found, not listed: the same search setuptools makes when it builds Corral.
+    found = find_namespace_packages(where=str(ROOT), include=setuptools["packages"]["find"]["include"])
     trees = ROOT / "services" / "migrations"
     for path in trees.rglob("*"):
         if path.is_dir() or "__pycache__" in path.parts:
             continue
         if path.suffix == ".py":
-            assert ".".join(path.parent.relative_to(ROOT).parts) in setuptools["packages"], path
+            assert ".".join(path.parent.relative_to(ROOT).parts) in found, path
         else:
             assert any(path.relative_to(trees).match(pattern) for pattern in data), path

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from services import _negotiator_store as ops
+from services.resource_negotiator import store as ops
 from shared.db import Store, create_db_engine
 from shared.errors import InvalidSpec
 from shared.resources import GpuInfo, HostTotals, Resources, parse_size
@@ -234,7 +234,7 @@ def test_a_restarted_negotiator_sees_every_reservation_and_books_nothing_twice(
 RESERVE_MANY = textwrap.dedent("""
     import sys
     import time
-    from services import _negotiator_store as ops
+    from services.resource_negotiator import store as ops
     from shared.db import Store, create_db_engine
     from shared.resources import Resources
 

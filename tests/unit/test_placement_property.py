@@ -9,7 +9,7 @@ fits some host eventually runs.
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services._dispatch import Candidate, IdleWorker, plan_release
+from services.scheduler.dispatch import Candidate, IdleWorker, plan_release
 from shared.resources import HostLedger, HostTotals, Resources
 
 HOSTS = st.lists(st.tuples(st.integers(1, 32), st.integers(1, 64)), min_size=1, max_size=4)

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from services.pool import (
+from services.pool.main import (
     ChildState,
     ChildView,
     PoolLimits,

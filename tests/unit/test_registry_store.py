@@ -2,7 +2,7 @@
 
 import time
 
-from services import _registry_store as ops
+from services.registry import store as ops
 from shared.db import Store
 
 

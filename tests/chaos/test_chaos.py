@@ -1,0 +1,85 @@
+"""Real faults against a real farm while work flows; the ledger must show every task done once.
+
+Each scenario runs the services and three workers on the suite's own RabbitMQ node, submits
+ledger payloads, injects its faults at moments drawn from its seed (printed with the totals),
+and passes only with nothing lost, duplicated, concurrent, unexpected or leaked.
+"""
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.chaos.harness import ChaosRun
+from tests.rabbit import RabbitNode
+
+pytestmark = pytest.mark.integration
+
+Fault = Callable[[ChaosRun], None]
+
+FAULTS: dict[str, Fault] = {
+    "kill -9 scheduler": lambda run: run.kill_service("scheduler"),
+    "kill -9 registry": lambda run: run.kill_service("registry"),
+    "kill -9 negotiator": lambda run: run.kill_service("resource_negotiator"),
+    "kill -9 worker": lambda run: run.kill_worker(),
+    "kill -9 payload": lambda run: run.kill_payload(),
+    "broker restart": lambda run: run.restart_broker(),
+    "close_all_connections": lambda run: run.close_connections(),
+    "poison messages": lambda run: run.poison(),
+    # Longer than the farm's 3 s lease: nobody can renew; the scheduler must not hand out
+    # again what still runs, and a worker that could not renew must stop its payload itself.
+    "broker outage past the lease": lambda run: run.broker_outage(5.0),
+    "worker stopped past its lease": lambda run: run.stop_worker(5.0),
+}
+
+
+OPEN = ("broker outage past the lease", "kill -9 worker", "worker stopped past its lease")
+"""Faults that still find double completions: a payload that completes while its worker is
+dead, frozen or cut off has no report, so its task runs again (see the faults issue). The soak
+run (`python -m tests.chaos`) keeps injecting them; the suite's bounded set waits for the fix."""
+BOUNDED = sorted(set(FAULTS) - set(OPEN))
+
+
+@pytest.fixture
+def run(chaos_dir: Path, node: RabbitNode, seed: int) -> Iterator[ChaosRun]:
+    instance = ChaosRun(chaos_dir, node, seed).start()
+    yield instance
+    instance.stop()
+
+
+def flow_with(run: ChaosRun, faults: list[str], tasks: int = 30) -> None:
+    """Submit the work, then inject each fault at a random moment while it runs."""
+    run.submit(tasks)
+    for name in faults:
+        time.sleep(run.random.uniform(0.3, 2.0))
+        run.inject(name, lambda name=name: FAULTS[name](run))
+
+
+@pytest.mark.parametrize("fault", BOUNDED)
+def test_no_task_is_lost_or_run_twice_under(run: ChaosRun, fault: str) -> None:
+    flow_with(run, [fault, fault])
+    verdict = run.verdict()
+    assert verdict.passed, verdict.details()
+
+
+def test_no_task_is_lost_or_run_twice_under_random_faults_combined(run: ChaosRun) -> None:
+    faults = [run.random.choice(BOUNDED) for _ in range(4)]
+    flow_with(run, faults, tasks=40)
+    verdict = run.verdict()
+    assert verdict.passed, verdict.details()
+
+
+def test_no_task_is_lost_or_run_twice_when_the_database_drops_every_connection(
+        chaos_dir: Path, node: RabbitNode, seed: int,
+        new_postgres_database: Callable[[], str]) -> None:
+    run = ChaosRun(chaos_dir, node, seed, database_url=new_postgres_database()).start()
+    try:
+        run.submit(30)
+        for _ in range(3):
+            time.sleep(run.random.uniform(0.3, 1.5))
+            run.inject("database connections terminated", run.terminate_database_connections)
+        verdict = run.verdict()
+    finally:
+        run.stop()
+    assert verdict.passed, verdict.details()
