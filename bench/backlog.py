@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.dispatch import JobWatcher
-from services import _scheduler_store as ops
-from services._dispatch import IdleWorker
+from services.scheduler import store as ops
+from services.scheduler.dispatch import IdleWorker
 from shared.bands import parse_bands
 from shared.db import Store, create_db_engine
 from shared.spec import validate_job_spec
