@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from shared.bands import Band, parse_bands
 from shared.errors import ConfigError, CorralError
 from shared.licences import LICENCE_NAME
+from shared.notify import StudioHook
 from shared.resources import parse_size
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "deploy" / "config.yaml"
@@ -120,6 +121,55 @@ class WebSettings(BaseModel):
     without logging in, whatever this says."""
 
 
+class NotificationSettings(BaseModel):
+    """How the scheduler tells of jobs' ends (`CORRAL.notifications`): webhooks and e-mail."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    secret: str = ""
+    """The key of the HMAC-SHA256 signature (header X-Corral-Signature) of every webhook body;
+    give it to receivers so they can check it. Empty: webhooks are sent unsigned."""
+    monitor_url: str = ""
+    """The monitor's address as receivers reach it, for the link to a job's page. Empty:
+    `http://` and `CORRAL.web.bind`."""
+    hooks: tuple[StudioHook, ...] = ()
+    """Studio-wide hooks added to every job submitted: `{url: ..., events: [failed]}` or
+    `{email: ..., events: [...]}` (events: done, failed, cancelled, first_failed_task)."""
+    timeout_seconds: float = Field(default=10, gt=0)
+    """One try of one delivery (connect, send, answer) gives up after this long."""
+    backoff_seconds: float = Field(default=5, gt=0)
+    """The pause after a delivery's first failed try; it doubles after each one after."""
+    backoff_max_seconds: float = Field(default=300, gt=0)
+    """The longest pause between two tries of one delivery."""
+    give_up_seconds: float = Field(default=86400, gt=0)
+    """A delivery still failing this long after its event is given up (state `failed`)."""
+    concurrency: int = Field(default=8, gt=0)
+    """Deliveries under way at once."""
+    smtp_host: str = ""
+    """The SMTP server e-mails go through. Empty: no e-mail (a spec naming an address is
+    refused at submit)."""
+    smtp_port: int = Field(default=25, gt=0, lt=65536)
+    """The SMTP server's port."""
+    smtp_sender: str = "corral@localhost"
+    """The From address of notification e-mails."""
+    smtp_starttls: bool = False
+    """Upgrade the SMTP connection with STARTTLS before sending."""
+    smtp_username: str = ""
+    """Log in to the SMTP server as this user (empty: no login)."""
+    smtp_password: str = ""
+    """The SMTP user's password."""
+
+    @field_validator("hooks", mode="before")
+    @classmethod
+    def _none_means_no_hooks(cls, value: Any) -> Any:
+        return () if value is None or value == "" else value
+
+    @field_validator("secret", "smtp_password", mode="before")
+    @classmethod
+    def _always_text(cls, value: Any) -> Any:
+        return "" if value is None else str(value) if isinstance(value, int | float) else value
+
+
 class Settings(BaseModel):
     """Everything a Corral process needs to know, read once at start.
 
@@ -194,6 +244,9 @@ class Settings(BaseModel):
     """How long a token made by `corral login` lasts."""
     web: WebSettings = Field(default_factory=WebSettings)
     """The monitor's own settings (`CORRAL.web`): see the monitor's section of the README."""
+    notifications: NotificationSettings = Field(default_factory=NotificationSettings)
+    """Webhooks and e-mail when jobs end (`CORRAL.notifications`): see the README's
+    Notifications."""
     # --- the cleanup service: retention, each measured from when the thing ended --------------
     cleanup_interval_seconds: float = Field(gt=0)
     """How often the cleanup service makes a removal pass."""
