@@ -164,9 +164,11 @@ class NotificationSettings(BaseModel):
     def _none_means_no_hooks(cls, value: Any) -> Any:
         return () if value is None or value == "" else value
 
-    @field_validator("secret", "smtp_password", mode="before")
+    @field_validator("secret", "monitor_url", "smtp_host", "smtp_username", "smtp_password",
+                     mode="before")
     @classmethod
     def _always_text(cls, value: Any) -> Any:
+        # nameko's loader reads an unset variable's empty default as None; digits stay text.
         return "" if value is None else str(value) if isinstance(value, int | float) else value
 
 

@@ -13,10 +13,10 @@ import hmac
 import json
 import re
 from collections.abc import Iterable, Sequence
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr, model_validator
 
 Event = Literal["done", "failed", "cancelled", "first_failed_task"]
 EVENTS: tuple[str, ...] = ("done", "failed", "cancelled", "first_failed_task")
@@ -31,6 +31,12 @@ SIGNATURE_HEADER = "X-Corral-Signature"
 DELIVERY_HEADER = "X-Corral-Delivery"
 """The delivery's id: the same on every try of one delivery, so a receiver can drop repeats."""
 EVENT_HEADER = "X-Corral-Event"
+
+
+
+def _default_events() -> list[Event]:
+    return ["done", "failed", "cancelled"]
+
 
 _EMAIL = re.compile(r"^[^@\s<>,;\"]+@[^@\s<>,;\"]+$")
 
@@ -51,27 +57,21 @@ def check_email(address: str) -> str:
     return address
 
 
+WebhookUrl = Annotated[StrictStr, AfterValidator(check_webhook_url)]
+EmailAddress = Annotated[StrictStr, AfterValidator(check_email)]
+
+
 class NotifySpec(BaseModel):
     """A job spec's `notify`: where to tell of its end, and which ends to tell of."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    webhooks: list[StrictStr] = Field(default_factory=list, max_length=MAX_TARGETS)
+    webhooks: list[WebhookUrl] = Field(default_factory=list, max_length=MAX_TARGETS)
     """URLs to POST the job's notification document to."""
-    emails: list[StrictStr] = Field(default_factory=list, max_length=MAX_TARGETS)
+    emails: list[EmailAddress] = Field(default_factory=list, max_length=MAX_TARGETS)
     """Addresses to mail (the farm needs an SMTP server configured)."""
-    events: list[Event] = Field(default_factory=lambda: list(DEFAULT_EVENTS), min_length=1)
+    events: list[Event] = Field(default_factory=lambda: _default_events(), min_length=1)
     """Which of done, failed, cancelled and first_failed_task to tell of."""
-
-    @field_validator("webhooks")
-    @classmethod
-    def _urls(cls, urls: list[str]) -> list[str]:
-        return [check_webhook_url(url) for url in urls]
-
-    @field_validator("emails")
-    @classmethod
-    def _addresses(cls, addresses: list[str]) -> list[str]:
-        return [check_email(address) for address in addresses]
 
 
 class StudioHook(BaseModel):
