@@ -10,6 +10,7 @@ import pytest
 from shared.errors import InvalidSpec
 from shared.notify import DELIVERY_HEADER, SIGNATURE_HEADER, JobNotification, signature_matches
 from tests.farm import Farm, wait_until
+from tests.integration.test_cli_and_pipeline import corral
 from tests.receivers import WebhookReceiver, mails, smtp_server
 
 SECRET = "receivers-know-this-secret"
@@ -62,6 +63,14 @@ def test_a_receiver_that_fails_twice_gets_it_on_the_third_try(farm: Farm) -> Non
         farm.wait_for(lambda: deliveries(farm, job["id"])[0]["state"] == "delivered", 10,
                       "the delivery to be recorded")
         assert deliveries(farm, job["id"])[0]["tries"] == 3
+        farm.env["COLUMNS"] = "200"  # the table unwrapped
+        shown = corral(farm, "job", str(job["id"]))
+        assert shown.returncode == 0, shown.stderr
+        assert "delivered" in shown.stdout and "webhook http://127.0.0.1" in shown.stdout
+        as_json = corral(farm, "job", str(job["id"]), "--json")
+        (delivery,) = json.loads(as_json.stdout)["notifications"]
+        assert (delivery["state"], delivery["tries"], delivery["event"]) == \
+            ("delivered", 3, "failed")
 
 
 def test_a_receiver_that_never_answers_does_not_slow_the_farm(farm: Farm) -> None:
