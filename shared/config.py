@@ -159,6 +159,12 @@ class NotificationSettings(BaseModel):
     smtp_password: str = ""
     """The SMTP user's password."""
 
+    @model_validator(mode="after")
+    def _mail_needs_a_server(self) -> NotificationSettings:
+        if not self.smtp_host and any(hook.email is not None for hook in self.hooks):
+            raise ValueError("a hook mails an address, but no smtp_host is configured")
+        return self
+
     @field_validator("hooks", mode="before")
     @classmethod
     def _none_means_no_hooks(cls, value: Any) -> Any:

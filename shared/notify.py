@@ -43,7 +43,11 @@ _EMAIL = re.compile(r"^[^@\s<>,;\"]+@[^@\s<>,;\"]+$")
 
 def check_webhook_url(url: str) -> str:
     """An http(s) URL with a host, or ValueError saying what is wrong with it."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (reading it checks it: a port past 65535 raises)
+    except ValueError:
+        raise ValueError(f"{url[:80]!r} is not a URL") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"{url[:80]!r} is not an http:// or https:// URL with a host")
     if any(c.isspace() for c in url):
@@ -121,8 +125,11 @@ def shown_address(kind: str, address: str) -> str:
     (a chat service's incoming-webhook token), so only its scheme and host are shown."""
     if kind != "webhook":
         return address
-    parts = urlsplit(address)
-    port = f":{parts.port}" if parts.port else ""
+    try:
+        parts = urlsplit(address)
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "(not a URL)"
     rest = "/…" if parts.path.strip("/") or parts.query else "/"
     return f"{parts.scheme}://{parts.hostname}{port}{rest}"
 

@@ -12,9 +12,9 @@ from services.scheduler import notifications
 from services.scheduler import retention as retention_ops
 from services.scheduler import store as ops
 from services.scheduler.notify_sender import NotificationSender
-from shared.config import NotificationSettings
+from shared.config import NotificationSettings, settings_from_mapping
 from shared.db import Store
-from shared.errors import InvalidSpec
+from shared.errors import ConfigError, InvalidSpec
 from shared.notify import (
     DELIVERY_HEADER,
     SIGNATURE_HEADER,
@@ -187,6 +187,7 @@ def test_the_job_shows_its_targets_without_a_webhooks_secret(scheduler_store: St
 @pytest.mark.parametrize(("notify", "field"), [
     ({"webhooks": ["ftp://files/drop"]}, "notify.webhooks[0]"),
     ({"webhooks": ["https://ok.example/", "not a url"]}, "notify.webhooks[1]"),
+    ({"webhooks": ["http://hooks.example:99999/x"]}, "notify.webhooks[0]"),
     ({"emails": ["nobody"]}, "notify.emails[0]"),
     ({"events": ["finished"]}, "notify.events[0]"),
     ({"events": []}, "notify.events"),
@@ -227,8 +228,22 @@ def test_backoff_doubles_up_to_its_limit() -> None:
 
 def test_studio_hooks_become_targets_of_their_own_source() -> None:
     config = NotificationSettings(hooks=[{"url": HOOK, "events": ["failed"]},
-                                         {"email": "wrangler@x.example"}])
+                                         {"email": "wrangler@x.example"}],
+                                  smtp_host="mail.x.example")
     assert studio_targets(config.hooks) == (
         {"kind": "webhook", "address": HOOK, "events": ["failed"], "source": "studio"},
         {"kind": "email", "address": "wrangler@x.example", "events": ["failed"],
          "source": "studio"})
+
+
+def test_a_studio_hook_mailing_without_an_smtp_server_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"CORRAL\.notifications: .*no smtp_host"):
+        settings_from_mapping({"CORRAL": {"notifications": {
+            "hooks": [{"email": "wrangler@x.example", "events": ["failed"]}]}}})
+
+
+def test_a_studio_hook_naming_both_a_url_and_an_email_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"CORRAL\.notifications\.hooks\.0"):
+        settings_from_mapping({"CORRAL": {"notifications": {
+            "smtp_host": "mail.x.example",
+            "hooks": [{"url": HOOK, "email": "wrangler@x.example"}]}}})
