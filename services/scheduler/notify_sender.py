@@ -14,7 +14,7 @@ import logging
 import smtplib
 from collections.abc import Callable
 from email.message import EmailMessage
-from typing import Any
+from typing import Any, TypeVar
 
 import eventlet
 import httpx
@@ -35,6 +35,8 @@ from shared.notify import (
 )
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 POLL_SECONDS = 0.5
 """How often the sender looks for due deliveries."""
@@ -104,7 +106,7 @@ class NotificationSender:
                 status = self.send(delivery)
         except DeliveryFailed as exc:
             error, status = str(exc), exc.status
-            state = self.troubles.run("notifications", lambda: notifications.record_failure(
+            state = self._record(lambda: notifications.record_failure(
                 self.store, delivery["id"], error, status,
                 backoff_seconds=self.settings.backoff_seconds,
                 backoff_max_seconds=self.settings.backoff_max_seconds,
@@ -118,10 +120,20 @@ class NotificationSender:
             log.exception("notification %s of job %s to %s", delivery["event"],
                           delivery["job_id"], where)
             return
-        self.troubles.run("notifications", lambda: notifications.record_delivered(
-            self.store, delivery["id"], status))
+        self._record(lambda: notifications.record_delivered(self.store, delivery["id"], status))
         log.info("notification %s of job %s delivered to %s (try %d)", delivery["event"],
                  delivery["job_id"], where, delivery["tries"])
+
+    def _record(self, work: Callable[[], T]) -> T | None:
+        """Write an outcome, whatever pause a failing pass is in (troubles.run would skip it):
+        one not written leaves the delivery to come due again, sent once more."""
+        try:
+            result = work()
+        except Exception as exc:
+            self.troubles.failed("notification outcomes", exc)
+            return None
+        self.troubles.succeeded("notification outcomes")
+        return result
 
     def document(self, delivery: dict[str, Any]) -> JobNotification:
         """The delivery's document: the facts fixed at the event, its id and the job's link."""
