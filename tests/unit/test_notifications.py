@@ -247,3 +247,24 @@ def test_a_studio_hook_naming_both_a_url_and_an_email_is_a_config_error() -> Non
         settings_from_mapping({"CORRAL": {"notifications": {
             "smtp_host": "mail.x.example",
             "hooks": [{"url": HOOK, "email": "wrangler@x.example"}]}}})
+
+
+def test_a_job_end_that_rolls_back_leaves_no_delivery_and_the_next_end_one(
+        scheduler_store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    job = submit(scheduler_store, [["true"]], {"webhooks": [HOOK]})
+    (task,) = ops.get_job(scheduler_store, job["id"])["tasks"]
+    token = ops.claim_task(scheduler_store, task["id"], task["attempt"], "w1", "host",
+                           5.0).reply["lease_token"]
+
+    def crash(job: Any) -> Any:
+        raise RuntimeError("the scheduler died before the commit")
+
+    monkeypatch.setattr(ops, "job_finished_event", crash)
+    with pytest.raises(RuntimeError):
+        ops.finish_task(scheduler_store, task["id"], token, 0)
+    assert ops.get_job(scheduler_store, job["id"], task_limit=0)["state"] == "running"
+    assert outbox(scheduler_store, job["id"]) == []
+    monkeypatch.undo()
+    ops.finish_task(scheduler_store, task["id"], token, 0)  # the worker's report, redelivered
+    ops.finish_task(scheduler_store, task["id"], token, 0)  # and once more: a duplicate
+    assert [r["event"] for r in outbox(scheduler_store, job["id"])] == ["done"]
