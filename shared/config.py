@@ -230,6 +230,12 @@ class Settings(BaseModel):
     """Most tasks one job may have (its frame ranges and chunks included)."""
     log_tail_bytes: int = Field(ge=0)
     """How much of the end of a failed task's log is kept with its attempt."""
+    log_max_bytes: int = Field(ge=0)
+    """Most bytes of one attempt's log (0: no cap). Past it, and half its tail again, the
+    middle is cut out: the first `log_head_bytes`, a line saying how much was cut, and the
+    latest output are kept."""
+    log_head_bytes: int = Field(ge=0)
+    """How much of the start of a capped log is kept (at most half of `log_max_bytes`)."""
     max_queued_per_user: int = Field(gt=0)
     """Most tasks one user may have waiting; a submit that would pass it is refused."""
     aging_seconds: float = Field(gt=0)
@@ -326,6 +332,17 @@ class Settings(BaseModel):
                 for name, pool in value.items()}
 
     @model_validator(mode="after")
+    def _log_head_fits_in_the_cap(self) -> Settings:
+        if self.log_max_bytes and self.log_head_bytes * 2 > self.log_max_bytes:
+            raise ValueError(f"log_head_bytes ({self.log_head_bytes}) must be at most half of "
+                             f"log_max_bytes ({self.log_max_bytes}), so a capped log keeps its "
+                             "latest output too")
+        if self.log_max_bytes and self.log_max_bytes < 4096:
+            raise ValueError(f"log_max_bytes ({self.log_max_bytes}) must be 0 (no cap) or at "
+                             "least 4096")
+        return self
+
+    @model_validator(mode="after")
     def _heartbeat_fits_in_lease(self) -> Settings:
         if self.heartbeat_seconds * 2 > self.lease_seconds:
             raise ValueError(
@@ -372,6 +389,8 @@ def settings_from_mapping(raw: Mapping[str, Any], base_dir: Path | None = None) 
         "max_env_bytes": 32768,
         "max_tasks_per_job": 100000,
         "log_tail_bytes": 4096,
+        "log_max_bytes": 256 * 1024 * 1024,
+        "log_head_bytes": 1024 * 1024,
         "max_queued_per_user": 1000,
         "aging_seconds": 300,
         # Cleanup: logs two weeks after their job ended, scratch an hour, results a week

@@ -267,4 +267,6 @@ class CleanupRpc(Protocol):
 
     def read_log(self, task_id: int, attempt: int | None = None, offset: int = 0,
                  limit: int = 65536) -> dict[str, Any]:
-        """A page of a task attempt's log from `offset` (the latest attempt unless one is named)."""
+        """A page of a task attempt's log from `offset` (the latest attempt unless one is named);
+        `cut` when `offset` is past the end because the log was capped meanwhile (the page then
+        starts at the new end)."""
