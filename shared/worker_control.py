@@ -1,0 +1,66 @@
+"""What a wrangler wants of a worker (drain, disable, stop) and what that means for taking work.
+
+The registry keeps the wanted state and answers every heartbeat with it; the worker obeys, and
+the scheduler counts only workers that take work when it releases tasks and explains a wait.
+
+A worker's identity across restarts is its host and its name (`corral worker run --name`, by
+default its pool's name; a pool names its workers `<pool>-<slot>`): drain and disable are kept
+against that identity, so a worker started again under it comes back drained or disabled until
+someone enables it. A stop is for the running process only (its worker id): a worker started
+again after a stop takes work.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict
+
+
+class Wanted(StrEnum):
+    """The state a worker is asked to be in."""
+
+    ACTIVE = "active"        # take work
+    DRAIN = "drain"          # finish the running task, take no more
+    DISABLE = "disable"      # stay registered, take nothing
+    STOP = "stop"            # finish the running task, then exit
+    STOP_NOW = "stop-now"    # hand the running task back uncharged, then exit
+
+
+class Control(StrEnum):
+    """What a person may ask for (`corral worker drain|disable|enable|stop`)."""
+
+    DRAIN = "drain"
+    DISABLE = "disable"
+    ENABLE = "enable"
+    STOP = "stop"
+
+
+KEPT = frozenset({Wanted.DRAIN, Wanted.DISABLE})
+"""Wanted states kept against the worker's identity, so they outlive a restart."""
+
+
+def takes_work(wanted: str | None) -> bool:
+    """Whether a worker in this wanted state may be given a task (None: nothing asked)."""
+    return wanted in (None, Wanted.ACTIVE)
+
+
+def wanted_of(control: Control, now: bool = False) -> Wanted:
+    """The wanted state a control asks for; `now` only means something for a stop."""
+    if control is Control.STOP:
+        return Wanted.STOP_NOW if now else Wanted.STOP
+    return {Control.DRAIN: Wanted.DRAIN, Control.DISABLE: Wanted.DISABLE,
+            Control.ENABLE: Wanted.ACTIVE}[control]
+
+
+def default_worker_name(pool: str) -> str:
+    """A worker's name when it is not given one: its pool's (one such worker per host and pool)."""
+    return pool
+
+
+class WorkerControlled(BaseModel):
+    """The payload of the registry's `worker_controlled` event: each named worker's new state."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    workers: dict[str, Wanted]
