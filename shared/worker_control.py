@@ -3,11 +3,12 @@
 The registry keeps the wanted state and answers every heartbeat with it; the worker obeys, and
 the scheduler counts only workers that take work when it releases tasks and explains a wait.
 
-A worker's identity across restarts is its host and its name (`corral worker run --name`, by
-default its pool's name; a pool names its workers `<pool>-<slot>`): drain and disable are kept
-against that identity, so a worker started again under it comes back drained or disabled until
-someone enables it. A stop is for the running process only (its worker id): a worker started
-again after a stop takes work.
+A worker's identity across restarts is its host and its name: `corral worker run --name`, or by
+default `<pool>-<n>` with the lowest n no other running worker of that pool on that host holds
+(services.worker.control), so a host's second worker of a pool is always `cpu-2`, whichever
+order they were started or restarted in. Drain and disable are kept against that identity, so a
+worker started again under it comes back drained or disabled until someone enables it. A stop is
+for the running process only (its worker id): a worker started again after a stop takes work.
 """
 
 from __future__ import annotations
@@ -51,11 +52,6 @@ def wanted_of(control: Control, now: bool = False) -> Wanted:
         return Wanted.STOP_NOW if now else Wanted.STOP
     return {Control.DRAIN: Wanted.DRAIN, Control.DISABLE: Wanted.DISABLE,
             Control.ENABLE: Wanted.ACTIVE}[control]
-
-
-def default_worker_name(pool: str) -> str:
-    """A worker's name when it is not given one: its pool's (one such worker per host and pool)."""
-    return pool
 
 
 class WorkerControlled(BaseModel):

@@ -154,7 +154,7 @@ class WorkerTemplate:
     """Each worker leaves after this many tasks and the pool starts a fresh one (0: never)."""
 
     def argv(self) -> list[str]:
-        argv = [sys.executable, "-m", "services.cli", "worker", "--pool", self.pool,
+        argv = [sys.executable, "-m", "services.cli", "worker", "run", "--pool", self.pool,
                 "--bands", ",".join(self.bands), "--host", self.host]
         if self.config is not None:
             argv += ["--config", str(self.config)]

@@ -12,7 +12,7 @@ from sqlmodel import Field, SQLModel
 
 from shared import audit, events
 from shared.db import Store
-from shared.worker_control import Wanted, default_worker_name
+from shared.worker_control import Wanted
 
 Emitted = list[tuple[str, dict[str, Any]]]
 
@@ -70,8 +70,9 @@ class ServiceInstance(RegistryTable, table=True):
 
 
 def identity_of(worker: Worker) -> tuple[str, str]:
-    """The (host, name) a worker's kept wanted state is filed under."""
-    return worker.host, worker.name or default_worker_name(worker.pool)
+    """The (host, name) a worker's kept wanted state is filed under (a worker too old to send a
+    name is known by its id alone)."""
+    return worker.host, worker.name or worker.worker_id
 
 
 def wanted_state(session: Any, worker: Worker) -> Wanted:
@@ -146,7 +147,8 @@ def leave_worker(store: Store, worker_id: str) -> tuple[dict[str, Any], Emitted]
         if worker is None or worker.state == WorkerState.LEFT:
             return {"worker_id": worker_id, "state": WorkerState.LEFT}, []
         worker.state, worker.left_at, worker.current_task = WorkerState.LEFT, now, None
-        return worker_dict(worker, now, wanted_state(session, worker)), [(events.WORKER_LEFT, {"worker_id": worker_id})]
+        left = (events.WORKER_LEFT, {"worker_id": worker_id})
+        return worker_dict(worker, now, wanted_state(session, worker)), [left]
 
 
 def mark_lost_workers(store: Store, lost_after: float) -> Emitted:

@@ -23,6 +23,7 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueue
 
 from services.worker import leftovers
+from services.worker.control import NameClaim, Obedience
 from services.worker.process import FENCED, Supervisors, TaskRun
 from services.worker.rpc import AsyncRpcClient, RpcUnavailable, ServiceUnknown
 from services.worker.scratch import attempt_scratch, storage_shortage, wait_for_room
@@ -56,7 +57,7 @@ class Worker:
                  drain_mode: DrainMode = DrainMode.FINISH, nice: int | dict[str, int] | None = None,
                  worker_id: str | None = None, memory_headroom: float = 1.0,
                  host_totals: HostTotals | None = None, host: str | None = None,
-                 max_tasks: int = 0) -> None:
+                 max_tasks: int = 0, name: str | None = None) -> None:
         known = {b.name for b in settings.bands}
         unknown = [b for b in bands if b not in known]
         if unknown:
@@ -78,6 +79,12 @@ class Worker:
         self.host_totals = host_totals or detect_host_totals(self.host)
         self.negotiated = True  # until the farm turns out to run no resource negotiator
         self.worker_id = worker_id or f"{self.host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        # Who this worker is across restarts, with its host: what a wrangler wants of it
+        # (drained, disabled) is kept under that (services.worker.control).
+        self.name = name
+        self._name_claim = NameClaim(leftovers.attempts_dir(settings.storage_root, self.host).parent,
+                                     pool)
+        self.control = Obedience(self._stop_consuming, self._resume_consuming, self._stop_asked)
         self.current: TaskRun | None = None
         self.tasks_run = 0
         # Attempts this worker has claimed. The scheduler answers a claim from the worker that
@@ -108,6 +115,7 @@ class Worker:
         loop.add_signal_handler(signal.SIGINT, self.drain)
         # What attempts of a worker that died on this host left behind ends before we start.
         leftovers.end_leftovers(self._attempts_dir)
+        self.name = self.name or self._name_claim.take()
         connection_task = asyncio.create_task(self._stay_connected())
         heartbeat_task = asyncio.create_task(self._heartbeat_loop())
         try:
@@ -116,16 +124,19 @@ class Worker:
             await self._supervisors.close()
             await self._leave()
             self._stopped.set()
+            self._name_claim.release()
             heartbeat_task.cancel()
             connection_task.cancel()
             if self._connection is not None:
                 await self._connection.close()
 
-    def drain(self) -> None:
+    def drain(self, mode: DrainMode | None = None) -> None:
         """Stop taking work; a second call while a task runs hands it back at once."""
         if self._draining.is_set() and self.current is not None:
             self.current.kill("handed back: worker stopping")
             return
+        if mode is not None:
+            self.drain_mode = mode
         log.info("draining (%s)", self.drain_mode)
         self._draining.set()
         loop = asyncio.get_running_loop()
@@ -136,6 +147,14 @@ class Worker:
         if self.current is not None and self.drain_mode == DrainMode.HAND_BACK:
             current = self.current
             leaving.add_done_callback(lambda _: current.kill("handed back: worker stopping"))
+
+    def _stop_asked(self, now: bool) -> None:
+        """A wrangler's stop: leave after the running task, or (`now`) hand it back first."""
+        self.drain(DrainMode.HAND_BACK if now else DrainMode.FINISH)
+
+    async def _resume_consuming(self) -> None:
+        if self.current is None and not self._draining.is_set():
+            await self._start_consuming()
 
     async def _stay_connected(self) -> None:
         """Connect, set up, and reconnect with backoff whenever the broker goes away."""
@@ -223,9 +242,11 @@ class Worker:
 
     async def _register(self) -> None:
         assert self._rpc is not None
-        await self._rpc.call("registry", "register_worker", timeout=self.settings.rpc_timeout_seconds,
-                             worker_id=self.worker_id, host=self.host, pool=self.pool,
-                             bands=self.bands, pid=os.getpid())
+        reply = await self._rpc.call(
+            "registry", "register_worker", timeout=self.settings.rpc_timeout_seconds,
+            worker_id=self.worker_id, host=self.host, pool=self.pool, bands=self.bands,
+            pid=os.getpid(), name=self.name)
+        await self.control.hear(reply)
 
     async def _report_host(self) -> None:
         """Tell the negotiator this host's totals (every worker on a host reports the same)."""
@@ -257,7 +278,8 @@ class Worker:
     # --- consuming ------------------------------------------------------------------------------
 
     async def _start_consuming(self) -> None:
-        if self._consumer_tags or self._channel is None or self._channel.is_closed:
+        if self._consumer_tags or self._channel is None or self._channel.is_closed \
+                or not self.control.takes_work:
             return
         for queue in self._queues:
             tag = await queue.consume(self._inbox.put)
@@ -296,6 +318,9 @@ class Worker:
             message = await self._next_message()
             if message is None:
                 break
+            if not self.control.takes_work:  # delivered just before a drain or disable
+                await _settle(message.reject(requeue=True))
+                continue
             if await self._held_for_storage(message):
                 continue
             try:
@@ -586,13 +611,15 @@ class Worker:
             await asyncio.sleep(self.settings.heartbeat_seconds)
             if self._draining.is_set():
                 return  # we have left the registry; a heartbeat would bring us back
-            state = "busy" if self.current is not None else "idle"
+            state = self.control.state(busy=self.current is not None)
             try:
                 reply = await self._rpc_call(
                     "registry", "worker_heartbeat", worker_id=self.worker_id, state=state,
                     current_task=self.current.task_id if self.current else None)
                 if not reply.get("known"):
                     await self._register()
+                else:
+                    await self.control.hear(reply)
             except RpcUnavailable as exc:
                 log.warning("heartbeat to the registry failed: %s", exc)
 
@@ -658,9 +685,9 @@ async def _settle(awaitable: Any) -> None:
 def run_worker(settings: Settings, pool: str, bands: list[str],
                drain_mode: DrainMode = DrainMode.FINISH, nice: int | dict[str, int] | None = None,
                memory_headroom: float = 1.0, host_totals: HostTotals | None = None,
-               host: str | None = None, max_tasks: int = 0) -> None:
+               host: str | None = None, max_tasks: int = 0, name: str | None = None) -> None:
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     worker = Worker(settings, pool, bands, drain_mode, nice, memory_headroom=memory_headroom,
-                    host_totals=host_totals, host=host, max_tasks=max_tasks)
+                    host_totals=host_totals, host=host, max_tasks=max_tasks, name=name)
     asyncio.run(worker.run())
