@@ -9,6 +9,8 @@ default `<pool>-<n>` with the lowest n no other running worker of that pool on t
 order they were started or restarted in. Drain and disable are kept against that identity, so a
 worker started again under it comes back drained or disabled until someone enables it. A stop is
 for the running process only (its worker id): a worker started again after a stop takes work.
+A drain or disable of a host is kept for the host itself, so it holds every worker that host
+starts later too (a pool's new workers included); a pool's are kept for each of its workers.
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ class Control(StrEnum):
     ENABLE = "enable"
     STOP = "stop"
 
+
+EVERY_WORKER = "*"
+"""The name a drain or disable of a whole host is kept under (no worker may be named this)."""
 
 KEPT = frozenset({Wanted.DRAIN, Wanted.DISABLE})
 """Wanted states kept against the worker's identity, so they outlive a restart."""

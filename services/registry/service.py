@@ -130,7 +130,7 @@ class RegistryService(Authenticated):
         return reply
 
     @rpc(expected_exceptions=EXPECTED_EXCEPTIONS)
-    @allow(Role.WRANGLER, audit="{state} workers {reply[workers]}")
+    @allow(Role.WRANGLER, audit="{state} {reply[target]}")
     def set_worker_wanted_state(self, state: str, worker_id: str | None = None,
                                 host: str | None = None, pool: str | None = None,
                                 now: bool = False) -> dict[str, Any]:

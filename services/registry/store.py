@@ -12,7 +12,8 @@ from sqlmodel import Field, SQLModel
 
 from shared import audit, events
 from shared.db import Store
-from shared.worker_control import Wanted
+from shared.errors import InvalidArgument
+from shared.worker_control import EVERY_WORKER, Wanted
 
 Emitted = list[tuple[str, dict[str, Any]]]
 
@@ -53,7 +54,8 @@ class Worker(RegistryTable, table=True):
 
 
 class WorkerControl(RegistryTable, table=True):
-    """A drain or disable kept against a worker's host and name, until it is enabled."""
+    """A drain or disable kept against a worker's host and name (or every worker of the host,
+    name EVERY_WORKER), until it is enabled."""
 
     host: str = Field(primary_key=True)
     name: str = Field(primary_key=True)
@@ -76,19 +78,32 @@ def identity_of(worker: Worker) -> tuple[str, str]:
 
 
 def wanted_state(session: Any, worker: Worker) -> Wanted:
-    """What is wanted of this worker now: its own stop, else its identity's control, else active."""
+    """What is wanted of this worker now: its own stop, else its identity's control, else its
+    host's, else active."""
     if worker.stop:
         return Wanted(worker.stop)
-    control = session.get(WorkerControl, identity_of(worker))
+    control = (session.get(WorkerControl, identity_of(worker))
+               or session.get(WorkerControl, (worker.host, EVERY_WORKER)))
     return Wanted(control.wanted) if control is not None else Wanted.ACTIVE
 
 
+def host_wanted(session: Any, host: str) -> Wanted | None:
+    """The drain or disable kept for a whole host, if any."""
+    control = session.get(WorkerControl, (host, EVERY_WORKER))
+    return Wanted(control.wanted) if control is not None else None
+
+
 def worker_dict(worker: Worker, now: float | None = None,
-                wanted: Wanted = Wanted.ACTIVE) -> dict[str, Any]:
+                wanted: Wanted = Wanted.ACTIVE, session: Any = None) -> dict[str, Any]:
+    """A worker as the registry answers; with `session`, what is wanted of its host too
+    (`host_wanted`: a pool starts no worker on a drained or disabled host)."""
     data = worker.model_dump(mode="json", exclude={"stop"})
     data["bands"] = json.loads(worker.bands)
     data["name"] = identity_of(worker)[1]
     data["wanted"] = str(wanted)
+    if session is not None:
+        held = host_wanted(session, worker.host)
+        data["host_wanted"] = None if held is None else str(held)
     if now is not None:
         data["seen_seconds_ago"] = round(max(0.0, now - worker.last_seen), 3)
     return data
@@ -103,6 +118,9 @@ def _joined(worker: Worker, wanted: Wanted) -> tuple[str, dict[str, Any]]:
 def register_worker(store: Store, worker_id: str, host: str, pool: str, bands: list[str],
                     pid: int | None, name: str | None = None) -> tuple[dict[str, Any], Emitted]:
     """Record a worker joining; the reply says what is wanted of it (kept across restarts)."""
+    if name == EVERY_WORKER:
+        raise InvalidArgument(f"name: {EVERY_WORKER!r} stands for every worker of a host; "
+                              "choose another name")
     with store.write() as session:
         now = store.now(session)
         worker = session.get(Worker, worker_id)
@@ -175,7 +193,7 @@ def list_workers(store: Store, alive: bool = False, pool: str | None = None) -> 
         if pool:
             query = query.where(Worker.pool == pool)
         workers = session.scalars(query.order_by(Worker.host, Worker.worker_id)).all()
-        return [worker_dict(w, now, wanted_state(session, w)) for w in workers]
+        return [worker_dict(w, now, wanted_state(session, w), session) for w in workers]
 
 
 def service_heartbeat(store: Store, service: str, host: str) -> None:

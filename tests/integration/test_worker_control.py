@@ -68,8 +68,8 @@ def test_drain_lets_the_running_task_finish_starts_nothing_new_and_others_take_t
     assert task_of(farm, later)["attempts"][0]["worker_id"] == drained
     entries = farm.rpc.registry.list_audit(actor="wendy")
     assert [e["action"] for e in entries] == ["set_worker_wanted_state"] * 2
-    assert {e["target"] for e in entries} == {f"drain workers {{'{drained}': 'drain'}}",
-                                              f"enable workers {{'{drained}': 'active'}}"}
+    assert {e["target"] for e in entries} == {f"drain worker {drained}",
+                                              f"enable worker {drained}"}
 
 
 def test_a_disabled_worker_stays_disabled_when_it_is_started_again(farm: Farm) -> None:
