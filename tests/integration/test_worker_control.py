@@ -76,7 +76,7 @@ def test_a_disabled_worker_stays_disabled_when_it_is_started_again(farm: Farm) -
     farm.start(workers=0)
     first = farm.start_worker(name="first")
     name = worker_entry(farm, first)["name"]
-    wrangler(farm).set_worker_wanted_state(state="disable", host=worker_entry(farm, first)["host"])
+    wrangler(farm).set_worker_wanted_state(state="disable", worker_id=first)
     farm.wait_for(lambda: worker_entry(farm, first)["state"] == "disabled", 10,
                   "the worker to say it is disabled")
     farm.kill("first", signal.SIGTERM)
