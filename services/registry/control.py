@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import delete, select
+from sqlmodel import col
 
 from services.registry.store import (
     ALIVE_STATES,
@@ -38,8 +39,8 @@ def _selected(session: Any, worker_id: str | None, host: str | None,
         if worker is None:
             raise NotFound(f"no worker {worker_id}")
         return [worker]
-    query = select(Worker).where(Worker.state.in_(ALIVE_STATES))  # type: ignore[attr-defined]
-    query = query.where(Worker.host == host) if host else query.where(Worker.pool == pool)
+    query = select(Worker).where(col(Worker.state).in_(ALIVE_STATES))
+    query = query.where(col(Worker.host) == host) if host else query.where(col(Worker.pool) == pool)
     return list(session.scalars(query.order_by(Worker.worker_id)).all())
 
 
@@ -78,7 +79,7 @@ def set_wanted_state(store: Store, state: str, actor: str, worker_id: str | None
         if host and wanted in KEPT:
             _keep(session, (host, EVERY_WORKER), wanted, actor, at)
         elif host:
-            session.execute(delete(WorkerControl).where(WorkerControl.host == host))  # type: ignore[arg-type]
+            session.execute(delete(WorkerControl).where(col(WorkerControl.host) == host))
         for worker in workers:
             key = identity_of(worker)
             if wanted in KEPT:
