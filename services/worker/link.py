@@ -22,7 +22,7 @@ from shared import events
 from shared.bands import REPORTS_QUEUE, queue_name
 from shared.config import Settings
 from shared.credentials import worker_credential
-from shared.resources import HostTotals
+from shared.resources import HostTotals, replaced_totals_note
 
 if TYPE_CHECKING:
     from services.worker.process import TaskRun
@@ -156,7 +156,7 @@ class FarmLink:
         totals = self.host_totals
         assert self._rpc is not None
         try:
-            await self._rpc.call(
+            reply = await self._rpc.call(
                 "resource_negotiator", "report_host", timeout=self.settings.rpc_timeout_seconds,
                 host=self.host, cores=totals.resources.cores,
                 memory_mb=totals.resources.memory_mb,
@@ -164,6 +164,9 @@ class FarmLink:
                       for g in totals.gpus],
                 custom=dict(totals.resources.custom))
             self.negotiated = True
+            note = replaced_totals_note(self.host, reply)
+            if note:
+                log.warning("%s", note)
         except ServiceUnknown:
             log.warning("no resource negotiator on this farm: task resources are not reserved")
             self.negotiated = False
