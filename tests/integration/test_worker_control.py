@@ -1,5 +1,6 @@
 """Drain, disable, enable and stop real workers through the registry, as a wrangler does."""
 
+import json
 import signal
 import time
 from pathlib import Path
@@ -145,3 +146,22 @@ def test_a_viewer_may_not_drain_a_worker(farm: Farm) -> None:
     with pytest.raises(PermissionDenied):
         viewer.set_worker_wanted_state(state="drain", worker_id=worker["worker_id"])
     assert worker_entry(farm, worker["worker_id"])["wanted"] == "active"
+
+
+def test_the_cli_disables_and_enables_a_worker_and_lists_what_is_wanted(farm: Farm) -> None:
+    from tests.integration.test_cli_and_pipeline import corral
+
+    farm.start(workers=1)
+    (worker,) = farm.rpc.registry.list_workers(alive=True)
+    done = corral(farm, "worker", "disable", worker["worker_id"], "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["workers"] == {worker["worker_id"]: "disable"}
+    listed = json.loads(corral(farm, "workers", "--json").stdout)
+    assert [(w["worker_id"], w["wanted"]) for w in listed] == [(worker["worker_id"], "disable")]
+    table = corral(farm, "workers").stdout
+    assert "disable" in table and worker["name"] in table
+
+    refused = corral(farm, "worker", "drain", "--host", "h", "--pool", "cpu")
+    assert refused.returncode == 1 and "exactly one" in refused.stderr
+    done = corral(farm, "worker", "enable", worker["worker_id"])
+    assert done.returncode == 0 and "active" in done.stdout
