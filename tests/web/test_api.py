@@ -223,6 +223,7 @@ def test_a_wrangler_drains_and_enables_a_worker_through_the_api_and_the_audit_lo
         enabled = shared_monitor.call(wendy, "POST", path, json={"state": "enable"})
     assert enabled.status_code == 200 and enabled.json()["workers"] == {worker_id: "active"}
 
+
 def test_submit_accepts_notify_and_the_job_shows_its_deliveries(shared_monitor: Monitor) -> None:
     with WebhookReceiver() as receiver:
         job = _submit(shared_monitor, "ana", [{"command": ["true"]}],
