@@ -113,12 +113,13 @@ class RegistryRpc(Protocol):
     """RPC `registry`: workers, hosts, service heartbeats and the farm overview."""
 
     def register_worker(self, worker_id: str, host: str, pool: str, bands: list[str],
-                        pid: int | None = None) -> dict[str, Any]:
-        """Workers: join the farm."""
+                        pid: int | None = None, name: str | None = None) -> dict[str, Any]:
+        """Workers: join the farm (`name`: its identity on its host across restarts); the reply
+        says what is wanted of it (`wanted`)."""
 
     def worker_heartbeat(self, worker_id: str, state: str,
                          current_task: int | None = None) -> dict[str, Any]:
-        """Workers: say the worker is alive, idle or busy."""
+        """Workers: say the worker is alive, idle or busy; the reply says what is wanted of it."""
 
     def leave_worker(self, worker_id: str) -> dict[str, Any]:
         """Workers: leave the farm."""
@@ -129,6 +130,12 @@ class RegistryRpc(Protocol):
     def list_workers(self, alive: bool = False,
                      pool: str | None = None) -> list[dict[str, Any]]:
         """The farm's workers (`alive`: only live ones; `pool`: only that pool's)."""
+
+    def set_worker_wanted_state(self, state: str, worker_id: str | None = None,
+                                host: str | None = None, pool: str | None = None,
+                                now: bool = False) -> dict[str, Any]:
+        """Wranglers: drain, disable, enable or stop (`now`: hand the task back) one worker, or
+        the live workers of a host or pool."""
 
     def list_services(self) -> list[dict[str, Any]]:
         """Each service seen and whether it is alive."""

@@ -12,6 +12,8 @@ TASK_FAILED: Final = "task_failed"
 WORKER_JOINED: Final = "worker_joined"
 WORKER_LEFT: Final = "worker_left"
 WORKER_LOST: Final = "worker_lost"
+WORKER_CONTROLLED: Final = "worker_controlled"
+"""A wrangler drained, disabled, enabled or stopped workers: {"workers": {id: wanted}}."""
 TASK_CANCELLED: Final = "task_cancelled"
 
 HOST_CHANGED: Final = "host_changed"

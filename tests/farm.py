@@ -117,7 +117,7 @@ class Farm:
         self._counter += 1
         name = name or f"worker-{self._counter}"
         before = {w["worker_id"] for w in self.rpc.registry.list_workers(alive=True)}
-        self._spawn(name, [sys.executable, "-m", "services.cli", "worker", "--config",
+        self._spawn(name, [sys.executable, "-m", "services.cli", "worker", "run", "--config",
                            str(CONFIG), *extra], env)
         found: list[str] = []
 

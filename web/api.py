@@ -79,15 +79,16 @@ def workers() -> Any:
 @endpoint(api, "POST", "/workers/<worker_id>/state", "Drain, disable, enable or stop a worker",
           role=Role.WRANGLER, body=WorkerStateBody)
 def worker_state(worker_id: str, body: WorkerStateBody) -> Any:
-    return set_worker_state(worker_id, body.state)
+    return set_worker_state(worker_id, body.state, body.now)
 
 
-def set_worker_state(worker_id: str, state: str) -> Any:
+def set_worker_state(worker_id: str, state: str, now: bool = False) -> Any:
     """The registry's worker control; a clear 409 while the registry does not offer it."""
     from nameko.exceptions import MethodNotFound
 
     try:
-        return call("registry", "set_worker_wanted_state", worker_id=worker_id, state=state)
+        return call("registry", "set_worker_wanted_state", worker_id=worker_id, state=state,
+                    now=now)
     except MethodNotFound:
         raise HttpError(409, "this registry cannot drain or disable workers yet "
                              "(set_worker_wanted_state): upgrade the registry service") from None

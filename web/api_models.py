@@ -75,9 +75,11 @@ class LogQuery(_Model):
 
 
 class WorkerStateBody(_Model):
-    """drain: leave after the running task; disable: take no work; enable; stop: now."""
+    """drain: finish the running task, take no more; disable: take nothing; enable: take work
+    again; stop: leave after the running task, or with `now` hand it back (uncharged) first."""
 
     state: WorkerState
+    now: StrictBool = False
 
 
 class LicenceBody(_Model):

@@ -27,7 +27,7 @@ metrics = Blueprint("metrics", __name__)
 
 TASK_STATES = ("waiting", "queued", "paused", "dispatched", "running", "done", "failed",
                "cancelled")
-WORKER_STATES = ("idle", "busy", "draining", "lost", "left")
+WORKER_STATES = ("idle", "busy", "draining", "drained", "disabled", "lost", "left")
 OUTCOMES = ("done", "failed", "lost", "cancelled", "handed_back")
 
 

@@ -256,8 +256,9 @@ def worker_action(worker_id: str) -> BaseResponse:
     if state not in ("drain", "disable", "enable", "stop"):
         flash(f"state: {state!r} is not drain, disable, enable or stop", "error")
         return _back("/workers")
-    return _done(lambda: set_worker_state(worker_id, state), f"worker {worker_id}: {state}",
-                 "/workers")
+    now = state == "stop" and request.form.get("now") == "1"
+    return _done(lambda: set_worker_state(worker_id, state, now),
+                 f"worker {worker_id}: {state}{' now' if now else ''}", "/workers")
 
 
 # --- login ---------------------------------------------------------------------------------------

@@ -289,7 +289,7 @@ def worker_scaled_job(farm: Farm, pool_name: str, pool: Pool, band: str) -> dict
     """Render workers of one pool and band: each Job is one worker taking one task, then leaving."""
     labels = _labels("worker") | {"corral.farm/pool": pool_name, "corral.farm/band": band}
     gpus = pool.resources.limits.get("nvidia.com/gpu") or pool.resources.requests.get("nvidia.com/gpu")
-    args = ["corral", "worker", "--pool", pool_name, "--bands", band, "--max-tasks", "1",
+    args = ["corral", "worker", "run", "--pool", pool_name, "--bands", band, "--max-tasks", "1",
             # Each pod is its own host to the negotiator, with exactly what it requested.
             "--host", "$(POD_NAME)", "--cores", "$(CPU_REQUEST)", "--memory", "$(MEMORY_REQUEST_MB)"]
     if gpus is not None:

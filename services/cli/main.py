@@ -14,6 +14,7 @@ from services.cli import (  # noqa: F401
     overview,
     run,
     submit,
+    worker,
 )
 from services.cli.app import app
 

@@ -35,11 +35,12 @@ def workers(config: Path | None = ConfigOption,
     if as_json:
         _print_json(listing)
         return
-    table = Table("worker", "host", "pool", "bands", "state", "task", "last seen")
+    table = Table("worker", "name", "host", "pool", "bands", "state", "wanted", "task",
+                  "last seen")
     for item in listing:
-        table.add_row(item["worker_id"], item["host"], item["pool"], ",".join(item["bands"]),
-                      item["state"], str(item["current_task"] or ""),
-                      f"{item['seen_seconds_ago']:.0f}s ago")
+        table.add_row(item["worker_id"], item.get("name") or "", item["host"], item["pool"],
+                      ",".join(item["bands"]), item["state"], item.get("wanted") or "active",
+                      str(item["current_task"] or ""), f"{item['seen_seconds_ago']:.0f}s ago")
     console.print(table)
 
 

@@ -1,4 +1,4 @@
-"""`corral up`, `corral worker` and `corral pool`: the commands that run parts of the farm here."""
+"""`corral up`, `corral worker run` and `corral pool`: the commands that run parts of the farm here."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from services.cli.app import (
     console,
     err_console,
 )
+from services.cli.worker import worker_app
 from shared.errors import BrokerUnreachable, ConfigError, CorralError
 from shared.rpc import check_broker
 
@@ -74,7 +75,7 @@ def web(config: Path | None = ConfigOption,
     os.execve(argv[0], argv, env)
 
 
-@app.command()
+@worker_app.command("run")
 def worker(config: Path | None = ConfigOption,
            pool: str = typer.Option("cpu", help="Pool whose queues this worker consumes."),
            bands: str = typer.Option("", help="Comma-separated bands to serve (default: all)."),
@@ -89,8 +90,12 @@ def worker(config: Path | None = ConfigOption,
            gpus: int | None = typer.Option(None, help="This host's GPUs (default: NVML)."),
            host: str | None = HostOption,
            max_tasks: int = MaxTasksOption,
+           name: str | None = typer.Option(
+               None, "--name", help="Its name on this host, kept across restarts: a drain or "
+                                    "disable holds for the next worker of this name and host "
+                                    "(default: <pool>-<n>, the lowest n free on this host)."),
            ) -> None:
-    """Run one worker: one payload at a time from the pool's band queues."""
+    """Run one worker here: one payload at a time from the pool's band queues."""
     from services.worker.main import DrainMode, run_worker
     from shared.resources import detect_host_totals
 
@@ -105,7 +110,7 @@ def worker(config: Path | None = ConfigOption,
         host_name = host or socket.gethostname()
         totals = detect_host_totals(host_name, cores, memory, gpus)
         run_worker(settings, pool, band_list, mode, niceness, memory_headroom, totals, host_name,
-                   max_tasks)
+                   max_tasks, name)
     except (ValueError, CorralError) as exc:
         _fail(exc)
 

@@ -112,6 +112,12 @@ def wants_another_worker(limits: PoolLimits, children: Sequence[ChildView], now:
     return waiting < limits.min_idle
 
 
+def host_held(workers: Sequence[dict[str, Any]], host: str) -> bool:
+    """Whether a wrangler drained or disabled this whole host (shared.worker_control), as the
+    registry's entries of its workers say: a worker started now would take nothing."""
+    return any(w.get("host_wanted") for w in workers if w.get("host") == host)
+
+
 def idle_extras_to_stop(limits: PoolLimits, children: Sequence[ChildView],
                         now: float) -> list[int]:
     """Pids of idle workers beyond min-idle that have waited longer than idle-timeout, longest
@@ -154,7 +160,7 @@ class WorkerTemplate:
     """Each worker leaves after this many tasks and the pool starts a fresh one (0: never)."""
 
     def argv(self) -> list[str]:
-        argv = [sys.executable, "-m", "services.cli", "worker", "--pool", self.pool,
+        argv = [sys.executable, "-m", "services.cli", "worker", "run", "--pool", self.pool,
                 "--bands", ",".join(self.bands), "--host", self.host]
         if self.config is not None:
             argv += ["--config", str(self.config)]
@@ -278,6 +284,10 @@ class WorkerPool:
             self._stop_child(pid, f"idle for more than {self.limits.idle_timeout:g}s")
         if not wants_another_worker(self.limits, self._views(), now, self.not_before):
             return
+        if host_held(workers, self.host):
+            self._note("held", f"{self.host} is drained or disabled: starting no worker")
+            return
+        self._clear("held", f"{self.host} is enabled again")
         # Asked only when a start is wanted, so an idle pool does not poll the negotiator.
         room = await self._host_has_room()
         if room:

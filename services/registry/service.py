@@ -23,7 +23,7 @@ from nameko.timer import timer
 
 from services.common.access import Access, Authenticated, allow
 from services.common.ask import ask
-from services.registry import accounts
+from services.registry import accounts, control
 from services.registry import store as store_ops
 from shared import audit
 from shared.bands import DEAD_REPORTS_QUEUE, REPORTS_QUEUE, queue_name
@@ -107,9 +107,9 @@ class RegistryService(Authenticated):
     @rpc(expected_exceptions=EXPECTED_EXCEPTIONS)
     @allow(Role.WORKER)
     def register_worker(self, worker_id: str, host: str, pool: str, bands: list[str],
-                        pid: int | None = None) -> dict[str, Any]:
+                        pid: int | None = None, name: str | None = None) -> dict[str, Any]:
         reply, emitted = store_ops.register_worker(self.core.store, worker_id, host, pool,
-                                                   list(bands), pid)
+                                                   list(bands), pid, name)
         self._emit(emitted)
         return reply
 
@@ -126,6 +126,17 @@ class RegistryService(Authenticated):
     @allow(Role.WORKER)
     def leave_worker(self, worker_id: str) -> dict[str, Any]:
         reply, emitted = store_ops.leave_worker(self.core.store, worker_id)
+        self._emit(emitted)
+        return reply
+
+    @rpc(expected_exceptions=EXPECTED_EXCEPTIONS)
+    @allow(Role.WRANGLER, audit="{state} {reply[target]}")
+    def set_worker_wanted_state(self, state: str, worker_id: str | None = None,
+                                host: str | None = None, pool: str | None = None,
+                                now: bool = False) -> dict[str, Any]:
+        reply, emitted = control.set_wanted_state(self.core.store, state,
+                                                  self.access.identity.user, worker_id, host,
+                                                  pool, bool(now))
         self._emit(emitted)
         return reply
 

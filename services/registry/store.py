@@ -12,6 +12,8 @@ from sqlmodel import Field, SQLModel
 
 from shared import audit, events
 from shared.db import Store
+from shared.errors import InvalidArgument
+from shared.worker_control import EVERY_WORKER, Wanted
 
 Emitted = list[tuple[str, dict[str, Any]]]
 
@@ -23,12 +25,15 @@ class RegistryTable(SQLModel, registry=registry()):
 class WorkerState(StrEnum):
     IDLE = "idle"
     BUSY = "busy"
-    DRAINING = "draining"
+    DRAINING = "draining"    # running its last task: drained, disabled or stopping
+    DRAINED = "drained"      # drained: takes nothing until enabled
+    DISABLED = "disabled"    # disabled: takes nothing until enabled
     LOST = "lost"
     LEFT = "left"
 
 
-ALIVE_STATES = (WorkerState.IDLE, WorkerState.BUSY, WorkerState.DRAINING)
+ALIVE_STATES = (WorkerState.IDLE, WorkerState.BUSY, WorkerState.DRAINING, WorkerState.DRAINED,
+                WorkerState.DISABLED)
 
 
 class Worker(RegistryTable, table=True):
@@ -42,6 +47,21 @@ class Worker(RegistryTable, table=True):
     started_at: float
     last_seen: float
     left_at: float | None = None
+    # Its identity across restarts, with its host (shared.worker_control).
+    name: str | None = None
+    # A stop asked of this process only (Wanted.STOP or STOP_NOW); a restart takes work again.
+    stop: str | None = None
+
+
+class WorkerControl(RegistryTable, table=True):
+    """A drain or disable kept against a worker's host and name (or every worker of the host,
+    name EVERY_WORKER), until it is enabled."""
+
+    host: str = Field(primary_key=True)
+    name: str = Field(primary_key=True)
+    wanted: str
+    set_by: str
+    set_at: float
 
 
 class ServiceInstance(RegistryTable, table=True):
@@ -51,38 +71,78 @@ class ServiceInstance(RegistryTable, table=True):
     last_seen: float
 
 
-def worker_dict(worker: Worker, now: float | None = None) -> dict[str, Any]:
-    data = worker.model_dump(mode="json")
+def identity_of(worker: Worker) -> tuple[str, str]:
+    """The (host, name) a worker's kept wanted state is filed under (a worker too old to send a
+    name is known by its id alone)."""
+    return worker.host, worker.name or worker.worker_id
+
+
+def wanted_state(session: Any, worker: Worker) -> Wanted:
+    """What is wanted of this worker now: its own stop, else its identity's control, else its
+    host's, else active."""
+    if worker.stop:
+        return Wanted(worker.stop)
+    control = (session.get(WorkerControl, identity_of(worker))
+               or session.get(WorkerControl, (worker.host, EVERY_WORKER)))
+    return Wanted(control.wanted) if control is not None else Wanted.ACTIVE
+
+
+def host_wanted(session: Any, host: str) -> Wanted | None:
+    """The drain or disable kept for a whole host, if any."""
+    control = session.get(WorkerControl, (host, EVERY_WORKER))
+    return Wanted(control.wanted) if control is not None else None
+
+
+def worker_dict(worker: Worker, now: float | None = None,
+                wanted: Wanted = Wanted.ACTIVE, session: Any = None) -> dict[str, Any]:
+    """A worker as the registry answers; with `session`, what is wanted of its host too
+    (`host_wanted`: a pool starts no worker on a drained or disabled host)."""
+    data = worker.model_dump(mode="json", exclude={"stop"})
     data["bands"] = json.loads(worker.bands)
+    data["name"] = identity_of(worker)[1]
+    data["wanted"] = str(wanted)
+    if session is not None:
+        held = host_wanted(session, worker.host)
+        data["host_wanted"] = None if held is None else str(held)
     if now is not None:
         data["seen_seconds_ago"] = round(max(0.0, now - worker.last_seen), 3)
     return data
 
 
-def _joined(worker: Worker) -> tuple[str, dict[str, Any]]:
+def _joined(worker: Worker, wanted: Wanted) -> tuple[str, dict[str, Any]]:
     return (events.WORKER_JOINED, {"worker_id": worker.worker_id, "host": worker.host,
-                                   "pool": worker.pool, "bands": json.loads(worker.bands)})
+                                   "pool": worker.pool, "bands": json.loads(worker.bands),
+                                   "wanted": str(wanted)})
 
 
 def register_worker(store: Store, worker_id: str, host: str, pool: str, bands: list[str],
-                    pid: int | None) -> tuple[dict[str, Any], Emitted]:
+                    pid: int | None, name: str | None = None) -> tuple[dict[str, Any], Emitted]:
+    """Record a worker joining; the reply says what is wanted of it (kept across restarts)."""
+    if name == EVERY_WORKER:
+        raise InvalidArgument(f"name: {EVERY_WORKER!r} stands for every worker of a host; "
+                              "choose another name")
     with store.write() as session:
         now = store.now(session)
         worker = session.get(Worker, worker_id)
         if worker is None:
             worker = Worker(worker_id=worker_id, host=host, pool=pool, bands=json.dumps(bands),
-                            pid=pid, started_at=now, last_seen=now)
+                            pid=pid, started_at=now, last_seen=now, name=name)
             session.add(worker)
         else:
             worker.host, worker.pool, worker.bands, worker.pid = host, pool, json.dumps(bands), pid
             worker.state, worker.last_seen, worker.left_at = WorkerState.IDLE, now, None
-        return worker_dict(worker, now), [_joined(worker)]
+            worker.name = name
+        wanted = wanted_state(session, worker)
+        return worker_dict(worker, now, wanted), [_joined(worker, wanted)]
 
 
 def worker_heartbeat(store: Store, worker_id: str, state: str,
                      current_task: int | None) -> tuple[dict[str, Any], Emitted]:
-    """Record a heartbeat; a worker we had given up on comes back to life (and says so)."""
-    if state not in (WorkerState.IDLE, WorkerState.BUSY, WorkerState.DRAINING):
+    """Record a heartbeat; a worker we had given up on comes back to life (and says so).
+
+    The reply says what is wanted of the worker (`wanted`, a shared.worker_control.Wanted).
+    """
+    if state not in ALIVE_STATES:
         state = WorkerState.BUSY if current_task else WorkerState.IDLE
     with store.write() as session:
         now = store.now(session)
@@ -90,11 +150,12 @@ def worker_heartbeat(store: Store, worker_id: str, state: str,
         if worker is None:
             return {"known": False}, []
         emitted: Emitted = []
+        wanted = wanted_state(session, worker)
         if worker.state in (WorkerState.LOST, WorkerState.LEFT):
-            emitted.append(_joined(worker))
+            emitted.append(_joined(worker, wanted))
             worker.left_at = None
         worker.state, worker.current_task, worker.last_seen = state, current_task, now
-        return {"known": True}, emitted
+        return {"known": True, "wanted": str(wanted)}, emitted
 
 
 def leave_worker(store: Store, worker_id: str) -> tuple[dict[str, Any], Emitted]:
@@ -104,7 +165,8 @@ def leave_worker(store: Store, worker_id: str) -> tuple[dict[str, Any], Emitted]
         if worker is None or worker.state == WorkerState.LEFT:
             return {"worker_id": worker_id, "state": WorkerState.LEFT}, []
         worker.state, worker.left_at, worker.current_task = WorkerState.LEFT, now, None
-        return worker_dict(worker, now), [(events.WORKER_LEFT, {"worker_id": worker_id})]
+        left = (events.WORKER_LEFT, {"worker_id": worker_id})
+        return worker_dict(worker, now, wanted_state(session, worker)), [left]
 
 
 def mark_lost_workers(store: Store, lost_after: float) -> Emitted:
@@ -131,7 +193,7 @@ def list_workers(store: Store, alive: bool = False, pool: str | None = None) -> 
         if pool:
             query = query.where(Worker.pool == pool)
         workers = session.scalars(query.order_by(Worker.host, Worker.worker_id)).all()
-        return [worker_dict(w, now) for w in workers]
+        return [worker_dict(w, now, wanted_state(session, w), session) for w in workers]
 
 
 def service_heartbeat(store: Store, service: str, host: str) -> None:

@@ -15,6 +15,7 @@ from services.scheduler.dispatch import Amounts, IdleWorker, Release
 from shared.bands import REPORTS_QUEUE, queue_name
 from shared.config import Settings
 from shared.db import Store
+from shared.worker_control import takes_work
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,9 @@ class Dispatcher:
         self.side_publisher = BandPublisher(settings.amqp_uri)
         self._side_lock = threading.Lock()
         self.workers: dict[str, IdleWorker] = {}
+        # Live workers a wrangler drained, disabled or is stopping, with what is wanted of
+        # them: never released to (shared.worker_control), but `why` names them.
+        self.held: dict[str, tuple[IdleWorker, str]] = {}
         self.bands_high_first = [b.name for b in sorted(settings.bands, reverse=True)]
         self._spawn = spawn
         self._lock = threading.Lock()
@@ -92,11 +96,31 @@ class Dispatcher:
         self.licences = {pool["name"]: {"total": int(pool["total"]), "free": int(pool["free"])}
                          for pool in pools}
 
-    def set_worker(self, worker_id: str, pool: str, bands: list[str], host: str = "") -> None:
-        self.workers[worker_id] = IdleWorker(worker_id, pool, frozenset(bands), host)
+    def set_worker(self, worker_id: str, pool: str, bands: list[str], host: str = "",
+                   wanted: str | None = None) -> None:
+        """Record a live worker; one that is not to take work (`wanted`) is held aside."""
+        worker = IdleWorker(worker_id, pool, frozenset(bands), host)
+        self.drop_worker(worker_id)
+        if takes_work(wanted):
+            self.workers[worker_id] = worker
+        else:
+            self.held[worker_id] = (worker, str(wanted))
+
+    def set_wanted(self, worker_id: str, wanted: str) -> bool:
+        """Apply a wanted state to a worker we know; True when it may now take work."""
+        known = self.workers.get(worker_id) or (self.held.get(worker_id) or (None, ""))[0]
+        if known is None:
+            return False  # the next refresh brings it, with its wanted state
+        self.set_worker(worker_id, known.pool, list(known.bands), known.host, wanted)
+        return takes_work(wanted)
 
     def drop_worker(self, worker_id: str) -> None:
         self.workers.pop(worker_id, None)
+        self.held.pop(worker_id, None)
+
+    def live_workers(self) -> list[IdleWorker]:
+        """Every live worker, held or not: the hosts that may take a task some time."""
+        return [*self.workers.values(), *(worker for worker, _ in self.held.values())]
 
     def request_release(self) -> None:
         """Ask for a release pass soon, without making the caller wait for it."""

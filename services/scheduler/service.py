@@ -48,6 +48,7 @@ from shared.redact import redacted
 from shared.retention import StorageChanged
 from shared.spec import JobPlan, validate_job_spec
 from shared.validation import validate_rpc_arguments
+from shared.worker_control import WorkerControlled
 
 log = logging.getLogger(__name__)
 
@@ -253,7 +254,8 @@ class SchedulerService(Authenticated):
     @allow(Role.VIEWER)
     def why_task(self, task_id: int) -> dict[str, Any]:
         answer = store_ops.why_task(self.core.store, int(task_id), self.core.workers.values(),
-                                    self.core.hosts, self.core.licences)
+                                    self.core.hosts, self.core.licences,
+                                    held=self.core.held.values())
         shortage = self.core.storage_shortage()
         if shortage is not None and answer.get("code") in HELD_BY_STORAGE:
             return {**answer, "code": "storage_low", "reason": shortage}
@@ -404,8 +406,16 @@ class SchedulerService(Authenticated):
     @event_handler("registry", events.WORKER_JOINED)
     def handle_worker_joined(self, payload: dict[str, Any]) -> None:
         self.core.set_worker(payload["worker_id"], payload["pool"], payload["bands"],
-                             payload.get("host", ""))
+                             payload.get("host", ""), payload.get("wanted"))
         self.core.request_release()
+
+    @event_handler("registry", events.WORKER_CONTROLLED)
+    def handle_worker_controlled(self, payload: dict[str, Any]) -> None:
+        """A wrangler drained, disabled, enabled or stopped workers: release by the new picture."""
+        controlled = WorkerControlled.model_validate(payload)
+        if any([self.core.set_wanted(worker_id, wanted)
+                for worker_id, wanted in controlled.workers.items()]):
+            self.core.request_release()
 
     def _ask(self, call: Callable[[], Any], failing: str, level: int = logging.DEBUG) -> Any:
         """Another service's answer within the RPC timeout, or None (logged) when it has none."""
@@ -497,10 +507,10 @@ class SchedulerService(Authenticated):
         live = {w["worker_id"] for w in workers}
         for worker in workers:
             self.core.set_worker(worker["worker_id"], worker["pool"], worker["bands"],
-                                 worker["host"])
-        for worker_id in list(self.core.workers):
+                                 worker["host"], worker.get("wanted"))
+        for worker_id in [*self.core.workers, *self.core.held]:
             if worker_id not in live:
                 self.core.drop_worker(worker_id)
         # With the live workers known, end what no host of theirs may ever take.
-        self._emit(store_ops.end_unservable(self.core.store, self.core.workers.values()).events)
+        self._emit(store_ops.end_unservable(self.core.store, self.core.live_workers()).events)
         self.core.request_release()

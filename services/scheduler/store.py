@@ -1239,8 +1239,12 @@ def age_waiting_tasks(store: Store, bands: Iterable[Any], older_than: float) -> 
 
 def why_task(store: Store, task_id: int, workers: Iterable[IdleWorker],
              hosts: Mapping[str, Mapping[str, Amounts]] | None = None,
-             licences: Mapping[str, Mapping[str, int]] | None = None) -> dict[str, Any]:
+             licences: Mapping[str, Mapping[str, int]] | None = None,
+             held: Iterable[tuple[IdleWorker, str]] = ()) -> dict[str, Any]:
     """Why a task is where it is: a reason a person can read and a code a program can.
+
+    `workers` are the live workers the release pass may give tasks to; `held` those it may not
+    (drained, disabled, stopping: shared.worker_control), each with what is wanted of it.
 
     `hosts` maps each host to its "totals" and "free" amounts, as the negotiator reports them;
     `licences` each licence pool to its "total" and "free" tokens, as the licence service does
@@ -1261,6 +1265,12 @@ def why_task(store: Store, task_id: int, workers: Iterable[IdleWorker],
                         "reason": f"retrying in {task.ready_at - now:.0f} s"}
             serving = [w for w in workers if w.pool == task.pool and task.band in w.bands]
             if not serving:
+                kept = sorted((w.worker_id, wanted) for w, wanted in held
+                              if w.pool == task.pool and task.band in w.bands)
+                if kept:
+                    return {**answer, "code": "workers_held",
+                            "workers": {worker_id: wanted for worker_id, wanted in kept},
+                            "reason": held_reason(kept, task.pool, task.band)}
                 return {**answer, "code": "no_worker",
                         "reason": f"no worker serves pool {task.pool}, band {task.band}"}
             # The release pass's own rule (dispatch.can_serve): never a host excluded from the job.
@@ -1308,6 +1318,19 @@ def why_task(store: Store, task_id: int, workers: Iterable[IdleWorker],
             return {**answer, "code": "running",
                     "reason": f"running on {task.worker_id} ({task.progress}%)"}
         return {**answer, "code": task.state, "reason": task.reason or str(task.state)}
+
+
+def held_reason(held: Sequence[tuple[str, str]], pool: str, band: str) -> str:
+    """Why a task waits when every worker serving its pool and band is drained, disabled or
+    stopping (held: each worker's id and what is wanted of it)."""
+    named = ", ".join(f"{worker_id} ({WANTED_WORDS.get(wanted, wanted)})"
+                      for worker_id, wanted in held)
+    return (f"every worker serving pool {pool}, band {band} is drained, disabled or stopping: "
+            f"{named}; `corral worker enable` gives it work again")
+
+
+WANTED_WORDS = {"drain": "drained", "disable": "disabled", "stop": "stopping",
+                "stop-now": "stopping"}
 
 
 def _licence_shortage(needs: Licences,

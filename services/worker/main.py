@@ -19,19 +19,17 @@ import uuid
 from enum import StrEnum
 from typing import Any
 
-import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueue
 
 from services.worker import leftovers
+from services.worker.control import NameClaim, Obedience
+from services.worker.link import FarmLink
 from services.worker.process import FENCED, Supervisors, TaskRun
 from services.worker.rpc import AsyncRpcClient, RpcUnavailable, ServiceUnknown
 from services.worker.scratch import attempt_scratch, storage_shortage, wait_for_room
-from shared import events
-from shared.bands import REPORTS_QUEUE, queue_name
 from shared.config import Settings
-from shared.credentials import worker_credential
 from shared.errors import StaleLease
-from shared.resources import HostTotals, detect_host_totals, replaced_totals_note
+from shared.resources import HostTotals, detect_host_totals
 from shared.storage import task_log_path, task_result_path
 
 log = logging.getLogger("corral.worker")
@@ -49,14 +47,14 @@ class DrainMode(StrEnum):
     HAND_BACK = "hand-back"    # the running task is killed and handed back, not charged
 
 
-class Worker:
-    """One worker process: at most one payload at a time."""
+class Worker(FarmLink):
+    """One worker process: at most one payload at a time (its broker side: FarmLink)."""
 
     def __init__(self, settings: Settings, pool: str, bands: list[str],
                  drain_mode: DrainMode = DrainMode.FINISH, nice: int | dict[str, int] | None = None,
                  worker_id: str | None = None, memory_headroom: float = 1.0,
                  host_totals: HostTotals | None = None, host: str | None = None,
-                 max_tasks: int = 0) -> None:
+                 max_tasks: int = 0, name: str | None = None) -> None:
         known = {b.name for b in settings.bands}
         unknown = [b for b in bands if b not in known]
         if unknown:
@@ -78,6 +76,12 @@ class Worker:
         self.host_totals = host_totals or detect_host_totals(self.host)
         self.negotiated = True  # until the farm turns out to run no resource negotiator
         self.worker_id = worker_id or f"{self.host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        # Who this worker is across restarts, with its host: what a wrangler wants of it
+        # (drained, disabled) is kept under that (services.worker.control).
+        self.name = name
+        self._name_claim = NameClaim(leftovers.attempts_dir(settings.storage_root, self.host).parent,
+                                     pool)
+        self.control = Obedience(self._stop_consuming, self._resume_consuming, self._stop_asked)
         self.current: TaskRun | None = None
         self.tasks_run = 0
         # Attempts this worker has claimed. The scheduler answers a claim from the worker that
@@ -108,6 +112,7 @@ class Worker:
         loop.add_signal_handler(signal.SIGINT, self.drain)
         # What attempts of a worker that died on this host left behind ends before we start.
         leftovers.end_leftovers(self._attempts_dir)
+        self.name = self.name or self._name_claim.take()
         connection_task = asyncio.create_task(self._stay_connected())
         heartbeat_task = asyncio.create_task(self._heartbeat_loop())
         try:
@@ -116,16 +121,19 @@ class Worker:
             await self._supervisors.close()
             await self._leave()
             self._stopped.set()
+            self._name_claim.release()
             heartbeat_task.cancel()
             connection_task.cancel()
             if self._connection is not None:
                 await self._connection.close()
 
-    def drain(self) -> None:
+    def drain(self, mode: DrainMode | None = None) -> None:
         """Stop taking work; a second call while a task runs hands it back at once."""
         if self._draining.is_set() and self.current is not None:
             self.current.kill("handed back: worker stopping")
             return
+        if mode is not None:
+            self.drain_mode = mode
         log.info("draining (%s)", self.drain_mode)
         self._draining.set()
         loop = asyncio.get_running_loop()
@@ -137,130 +145,19 @@ class Worker:
             current = self.current
             leaving.add_done_callback(lambda _: current.kill("handed back: worker stopping"))
 
-    async def _stay_connected(self) -> None:
-        """Connect, set up, and reconnect with backoff whenever the broker goes away."""
-        delay = 0.2
-        while not self._stopped.is_set():
-            try:
-                connection = await aio_pika.connect(self.settings.amqp_uri, timeout=10)
-            except Exception as exc:
-                log.warning("cannot reach the broker (%s); retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, reconnect_delay_max(self.settings))
-                continue
-            closed = asyncio.Event()
-            connection.close_callbacks.add(lambda *_, closed=closed: closed.set())
-            try:
-                await self._set_up(connection, closed)
-                delay = 0.2
-                log.info("connected as %s (pool %s, bands %s)", self.worker_id, self.pool,
-                         ",".join(self.bands))
-                await closed.wait()
-                log.warning("lost the broker connection; reconnecting")
-            except Exception as exc:
-                log.warning("setting up on the broker failed: %s", exc)
-                await asyncio.sleep(delay)
-            finally:
-                self._connected.clear()
-                self._consumer_tags.clear()
-                self._drop_inbox()
-                if not connection.is_closed:
-                    await connection.close()
+    def _stop_asked(self, now: bool) -> None:
+        """A wrangler's stop: leave after the running task, or (`now`) hand it back first."""
+        self.drain(DrainMode.HAND_BACK if now else DrainMode.FINISH)
 
-    async def _set_up(self, connection: AbstractConnection, closed: asyncio.Event) -> None:
-        self._connection = connection
-        self._rpc = AsyncRpcClient(connection, token=worker_credential(self.settings))
-        await self._rpc.start()
-        self._reports = await connection.channel(publisher_confirms=True)
-        await self._reports.declare_queue(REPORTS_QUEUE, durable=True)
-        self._channel = await connection.channel(publisher_confirms=False)
-        await self._channel.set_qos(prefetch_count=1, global_=True)
-        self._queues = [await self._channel.declare_queue(queue_name(self.pool, band),
-                                                          durable=True)
-                        for band in self.bands]
-        await self._listen_for_cancels(connection)
-        # Renewals and finish reports need the scheduler alone: they flow from here on, however
-        # long the registry takes to come back after the same outage.
-        self._connected.set()
-        await self._join(connection, closed)
-        await self._report_host()
+    async def _resume_consuming(self) -> None:
         if self.current is None and not self._draining.is_set():
             await self._start_consuming()
-
-    async def _join(self, connection: AbstractConnection, closed: asyncio.Event) -> None:
-        """Register with the registry, trying again until it answers or the connection goes."""
-        delay = 0.2
-        while True:
-            try:
-                await self._register()
-                return
-            except RpcUnavailable as exc:
-                # The broker going away again shows first in the close callback or a closed
-                # RPC channel: then connect afresh rather than ask on a dead line for ever.
-                assert self._rpc is not None
-                if closed.is_set() or connection.is_closed or self._rpc.closed:
-                    raise ConnectionError("connection to the broker closed") from None
-                log.warning("the registry does not answer yet (%s); renewals and reports go on",
-                            exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
-
-    async def _listen_for_cancels(self, connection: AbstractConnection) -> None:
-        channel = await connection.channel()
-        exchange = await channel.declare_exchange("scheduler.events", aio_pika.ExchangeType.TOPIC,
-                                                  durable=True)
-        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
-        await queue.bind(exchange, routing_key=events.TASK_CANCELLED)
-        await queue.consume(self._on_cancel_event, no_ack=True)
-
-    async def _on_cancel_event(self, message: AbstractIncomingMessage) -> None:
-        payload = json.loads(message.body)
-        current = self.current
-        if current is not None and payload.get("task_id") == current.task_id \
-                and payload.get("worker_id") in (None, self.worker_id):
-            log.info("task %s cancelled: killing it", current.task_id)
-            current.kill("cancelled")
-
-    async def _register(self) -> None:
-        assert self._rpc is not None
-        await self._rpc.call("registry", "register_worker", timeout=self.settings.rpc_timeout_seconds,
-                             worker_id=self.worker_id, host=self.host, pool=self.pool,
-                             bands=self.bands, pid=os.getpid())
-
-    async def _report_host(self) -> None:
-        """Tell the negotiator this host's totals (every worker on a host reports the same)."""
-        totals = self.host_totals
-        assert self._rpc is not None
-        try:
-            reply = await self._rpc.call(
-                "resource_negotiator", "report_host", timeout=self.settings.rpc_timeout_seconds,
-                host=self.host, cores=totals.resources.cores,
-                memory_mb=totals.resources.memory_mb,
-                gpus=[{"index": g.index, "model": g.model, "memory_mb": g.memory_mb}
-                      for g in totals.gpus],
-                custom=dict(totals.resources.custom))
-            self.negotiated = True
-            note = replaced_totals_note(self.host, reply)
-            if note:
-                log.warning("%s", note)
-        except ServiceUnknown:
-            log.warning("no resource negotiator on this farm: task resources are not reserved")
-            self.negotiated = False
-        except RpcUnavailable as exc:
-            log.warning("could not report host totals to the negotiator: %s", exc)
-
-    async def _leave(self) -> None:
-        try:
-            # One try: a registry that is gone will mark us lost anyway, and a stopping farm
-            # should not wait on it.
-            await self._call("registry", "leave_worker", attempts=1, worker_id=self.worker_id)
-        except RpcUnavailable:
-            log.warning("could not tell the registry we are leaving; it will notice")
 
     # --- consuming ------------------------------------------------------------------------------
 
     async def _start_consuming(self) -> None:
-        if self._consumer_tags or self._channel is None or self._channel.is_closed:
+        if self._consumer_tags or self._channel is None or self._channel.is_closed \
+                or not self.control.takes_work:
             return
         for queue in self._queues:
             tag = await queue.consume(self._inbox.put)
@@ -299,6 +196,9 @@ class Worker:
             message = await self._next_message()
             if message is None:
                 break
+            if not self.control.takes_work:  # delivered just before a drain or disable
+                await _settle(message.reject(requeue=True))
+                continue
             if await self._held_for_storage(message):
                 continue
             try:
@@ -501,29 +401,6 @@ class Worker:
                 "log_path": str(run.log_path), "process_started_at": run.started_at,
                 "process_ended_at": run.ended_at, "peak_memory_mb": run.peak_memory_mb or None})
 
-    async def _publish_finish(self, report: dict[str, Any]) -> None:
-        """Hand the finish report to the broker (confirmed, persistent); no reply is awaited.
-
-        Applying a report twice is harmless, so after a lost connection it is simply sent again.
-        """
-        body = json.dumps(report).encode()
-        delay = 0.1
-        while True:
-            try:
-                await asyncio.wait_for(self._connected.wait(), self.settings.rpc_timeout_seconds)
-                if self._reports is None or self._reports.is_closed:
-                    raise ConnectionError("the reports channel is closed")
-                await self._reports.default_exchange.publish(
-                    aio_pika.Message(body, content_type="application/json",
-                                     delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
-                    routing_key=REPORTS_QUEUE, timeout=self.settings.rpc_timeout_seconds)
-                return
-            except (TimeoutError, aio_pika.exceptions.AMQPError, ConnectionError) as exc:
-                log.warning("finish report of task %s not sent yet (%s); retrying",
-                            report["task_id"], exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
-
     def _refusal(self, claim: dict[str, Any], refused: str) -> str:
         """The hand-back reason a person reads in the task's attempts."""
         if refused == f"{RESOURCES} refused":
@@ -584,65 +461,6 @@ class Worker:
         except StaleLease as exc:
             log.warning("%s refused: %s", method, exc)
 
-    # --- heartbeats and calls -------------------------------------------------------------------
-
-    async def _heartbeat_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.heartbeat_seconds)
-            if self._draining.is_set():
-                return  # we have left the registry; a heartbeat would bring us back
-            state = "busy" if self.current is not None else "idle"
-            try:
-                reply = await self._rpc_call(
-                    "registry", "worker_heartbeat", worker_id=self.worker_id, state=state,
-                    current_task=self.current.task_id if self.current else None)
-                if not reply.get("known"):
-                    await self._register()
-            except RpcUnavailable as exc:
-                log.warning("heartbeat to the registry failed: %s", exc)
-
-    async def _rpc_call(self, service: str, method: str, **kwargs: Any) -> Any:
-        if self._rpc is None or not self._connected.is_set():
-            raise RpcUnavailable("not connected")
-        return await self._rpc.call(service, method, timeout=self.settings.rpc_timeout_seconds,
-                                    **kwargs)
-
-    async def _call(self, service: str, method: str, attempts: int | None,
-                    optional_service: bool = False, **kwargs: Any) -> Any:
-        """Call until answered (`attempts` None: for ever), waiting for the connection between.
-
-        With `optional_service`, a service that has never run on this broker raises
-        ServiceUnknown at once; otherwise it is waited for like one that is restarting.
-        """
-        delay, tried = 0.1, 0
-        while True:
-            tried += 1
-            try:
-                await asyncio.wait_for(self._connected.wait(), self.settings.rpc_timeout_seconds)
-                return await self._rpc_call(service, method, **kwargs)
-            except ServiceUnknown:
-                if optional_service:
-                    raise
-                log.warning("%s is not running yet; waiting for it", service)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
-            except (TimeoutError, RpcUnavailable) as exc:
-                if attempts is not None and tried >= attempts:
-                    raise RpcUnavailable(str(exc)) from None
-                log.warning("%s.%s unanswered (%s); trying again", service, method, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
-
-
-def reconnect_delay_max(settings: Settings) -> float:
-    """The longest pause between tries to reach the broker again: a quarter of a lease.
-
-    After an outage the scheduler gives running tasks one lease of grace to renew or report:
-    a worker must be back well within it.
-    """
-    return min(5.0, max(0.2, settings.lease_seconds / 4))
-
-
 def fence_margin(settings: Settings) -> float:
     """How long before its lease would run out a worker kills a payload it could not renew.
 
@@ -663,9 +481,9 @@ async def _settle(awaitable: Any) -> None:
 def run_worker(settings: Settings, pool: str, bands: list[str],
                drain_mode: DrainMode = DrainMode.FINISH, nice: int | dict[str, int] | None = None,
                memory_headroom: float = 1.0, host_totals: HostTotals | None = None,
-               host: str | None = None, max_tasks: int = 0) -> None:
+               host: str | None = None, max_tasks: int = 0, name: str | None = None) -> None:
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     worker = Worker(settings, pool, bands, drain_mode, nice, memory_headroom=memory_headroom,
-                    host_totals=host_totals, host=host, max_tasks=max_tasks)
+                    host_totals=host_totals, host=host, max_tasks=max_tasks, name=name)
     asyncio.run(worker.run())

@@ -115,3 +115,27 @@ def test_with_the_scheduler_down_the_page_says_so(monitor: Monitor, page: Page) 
     expect(page.locator("#scheduler-down")).to_contain_text("scheduler")
     page.goto(monitor.url + "/jobs")
     expect(page.locator("p.down")).to_contain_text("scheduler")
+
+
+def test_a_wrangler_disables_and_enables_a_worker_from_the_workers_page(
+        shared_monitor: Monitor, page: Page) -> None:
+    add_user(shared_monitor, "wendy", Role.WRANGLER, "wendy-password-1")
+    worker_id = shared_monitor.farm.rpc.registry.list_workers(alive=True)[0]["worker_id"]
+    page.goto(shared_monitor.url + "/login?next=/workers")
+    page.fill('input[name="username"]', "wendy")
+    page.fill('input[name="password"]', "wendy-password-1")
+    page.locator('form.login button[type="submit"]').click()
+    expect(page).to_have_url(shared_monitor.url + "/workers")
+    row = page.locator(f'tr[data-worker="{worker_id}"]')
+    try:
+        row.locator('button[data-action="disable"]').click()
+        expect(page.locator(".flash.ok")).to_contain_text(f"worker {worker_id}: disable")
+        expect(page.locator(f'tr[data-worker="{worker_id}"] .wanted-disable')).to_have_text(
+            "disable")
+        expect(page.locator(f'tr[data-worker="{worker_id}"]')).to_have_class("state-disabled",
+                                                                             timeout=10_000)
+    finally:
+        page.locator(f'tr[data-worker="{worker_id}"] button[data-action="enable"]').click()
+    expect(page.locator(f'tr[data-worker="{worker_id}"] .wanted-active')).to_have_text("active")
+    entry = shared_monitor.farm.rpc.registry.list_audit(actor="wendy")[0]
+    assert entry["action"] == "set_worker_wanted_state" and worker_id in entry["target"]

@@ -175,3 +175,24 @@ def test_workers_that_ran_their_max_tasks_are_replaced_without_backoff(
     log = pool_log(farm)
     assert log.count("left after its --max-tasks") == 2
     assert "backing off" not in log
+
+
+def test_a_disabled_host_gets_no_new_worker_from_its_pool_and_takes_nothing(
+        farm: Farm, start_pool: StartPool) -> None:
+    start_services(farm)
+    start_pool("--host", "render-h", "--cores", "8", "--memory", "8G", "--max-workers", "3",
+               "--min-idle", "1")
+    farm.wait_for(lambda: states(farm) == ["idle"], 30, "one idle worker")
+    (worker,) = farm.rpc.registry.list_workers(alive=True)
+    assert worker["name"] == "cpu-1"
+    farm.rpc.registry.set_worker_wanted_state(state="disable", host="render-h")
+    farm.wait_for(lambda: states(farm) == ["disabled"], 10, "the worker to be disabled")
+
+    job = farm.submit([{"command": ["true"]}])
+    time.sleep(3)  # six pool ticks: no idle worker, yet the pool starts none on a disabled host
+    assert states(farm) == ["disabled"]
+    assert farm.rpc.scheduler.get_job(job["id"], task_limit=0)["counts"] == {"queued": 1}
+    assert "render-h is drained or disabled: starting no worker" in pool_log(farm)
+
+    farm.rpc.registry.set_worker_wanted_state(state="enable", host="render-h")
+    assert farm.wait_for_job(job["id"])["state"] == "done"

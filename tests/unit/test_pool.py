@@ -156,7 +156,7 @@ def test_workers_get_the_pools_host_and_resource_overrides() -> None:
                               config=Path("/etc/corral.yaml"), cores=32, memory="64G", gpus=2)
     argv = template.argv()
     assert argv[argv.index("worker") + 1:] == [
-        "--pool", "gpu", "--bands", "normal,high", "--host", "render-07",
+        "run", "--pool", "gpu", "--bands", "normal,high", "--host", "render-07",
         "--config", "/etc/corral.yaml", "--cores", "32", "--memory", "64G", "--gpus", "2"]
 
 

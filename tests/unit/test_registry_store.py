@@ -15,13 +15,13 @@ def test_registering_announces_the_worker(registry_store: Store) -> None:
                                          ["normal"], 1)
     assert reply["state"] == "idle" and reply["bands"] == ["normal"]
     assert emitted == [("worker_joined", {"worker_id": "w1", "host": "render01", "pool": "cpu",
-                                          "bands": ["normal"]})]
+                                          "bands": ["normal"], "wanted": "active"})]
 
 
 def test_heartbeat_records_state_and_current_task(registry_store: Store) -> None:
     register(registry_store)
     reply, emitted = ops.worker_heartbeat(registry_store, "w1", "busy", 17)
-    assert reply == {"known": True} and emitted == []
+    assert reply == {"known": True, "wanted": "active"} and emitted == []
     (worker,) = ops.list_workers(registry_store)
     assert (worker["state"], worker["current_task"]) == ("busy", 17)
 

@@ -10,7 +10,8 @@ STRICT = ["shared", "web", "services/scheduler/stats.py", "services/scheduler/di
           # the storage root's cleanup: everything but the nameko adapter
           "services/cleanup/policy.py", "services/cleanup/sweep.py", "services/cleanup/logs.py",
           "services/cleanup/store.py", "services/worker/scratch.py",
-          "services/scheduler/retention.py",
+          "services/scheduler/retention.py", "services/worker/control.py",
+          "services/registry/control.py",
           # notifications: the outbox and its sender
           "services/scheduler/notifications.py", "services/scheduler/notify_sender.py",
           "services/scheduler/tables.py"]

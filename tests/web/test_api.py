@@ -203,14 +203,25 @@ def test_a_renders_last_frame_is_its_thumbnail(shared_monitor: Monitor, tmp_path
     assert reply.content == PNG
 
 
-def test_draining_a_worker_says_clearly_when_the_registry_cannot_yet(
+def test_a_wrangler_drains_and_enables_a_worker_through_the_api_and_the_audit_log_says_who(
         shared_monitor: Monitor) -> None:
     worker_id = shared_monitor.farm.rpc.registry.list_workers(alive=True)[0]["worker_id"]
-    reply = shared_monitor.call(shared_monitor.as_("wendy", Role.WRANGLER), "POST",
-                                f"/api/v1/workers/{worker_id}/state", json={"state": "drain"})
-    assert reply.status_code in (200, 409), reply.text
-    if reply.status_code == 409:
-        assert "cannot drain or disable workers yet" in reply.json()["error"]
+    path = f"/api/v1/workers/{worker_id}/state"
+    artist = shared_monitor.call(shared_monitor.as_("ana", Role.ARTIST), "POST", path,
+                                 json={"state": "drain"})
+    assert artist.status_code == 403, artist.text
+    wendy = shared_monitor.as_("wendy", Role.WRANGLER)
+    reply = shared_monitor.call(wendy, "POST", path, json={"state": "drain"})
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["workers"] == {worker_id: "drain"}
+    try:
+        listed = shared_monitor.call(None, "GET", "/api/v1/workers").json()
+        assert {w["worker_id"]: w["wanted"] for w in listed}[worker_id] == "drain"
+        entry = shared_monitor.farm.rpc.registry.list_audit(actor="wendy")[0]
+        assert (entry["action"], entry["role"]) == ("set_worker_wanted_state", "wrangler")
+    finally:
+        enabled = shared_monitor.call(wendy, "POST", path, json={"state": "enable"})
+    assert enabled.status_code == 200 and enabled.json()["workers"] == {worker_id: "active"}
 
 
 def test_submit_accepts_notify_and_the_job_shows_its_deliveries(shared_monitor: Monitor) -> None:
