@@ -89,8 +89,13 @@ def worker(config: Path | None = ConfigOption,
            gpus: int | None = typer.Option(None, help="This host's GPUs (default: NVML)."),
            host: str | None = HostOption,
            max_tasks: int = MaxTasksOption,
+           hold_licence: list[str] = typer.Option(  # noqa: B008 (typer's way)
+               [], "--hold-licence",
+               help="Hold this licence (NAME or NAME=COUNT) from start to exit; take work only "
+                    "while holding it. Repeatable."),
            ) -> None:
     """Run one worker: one payload at a time from the pool's band queues."""
+    from services.worker.held_licence import parse_hold_option
     from services.worker.main import DrainMode, run_worker
     from shared.resources import detect_host_totals
 
@@ -105,7 +110,7 @@ def worker(config: Path | None = ConfigOption,
         host_name = host or socket.gethostname()
         totals = detect_host_totals(host_name, cores, memory, gpus)
         run_worker(settings, pool, band_list, mode, niceness, memory_headroom, totals, host_name,
-                   max_tasks)
+                   max_tasks, parse_hold_option(hold_licence))
     except (ValueError, CorralError) as exc:
         _fail(exc)
 

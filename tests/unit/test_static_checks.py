@@ -10,7 +10,8 @@ STRICT = ["shared", "web", "services/scheduler/stats.py", "services/scheduler/di
           # the storage root's cleanup: everything but the nameko adapter
           "services/cleanup/policy.py", "services/cleanup/sweep.py", "services/cleanup/logs.py",
           "services/cleanup/store.py", "services/worker/scratch.py",
-          "services/scheduler/retention.py"]
+          "services/scheduler/retention.py", "services/scheduler/refusals.py",
+          "services/worker/held_licence.py"]
 
 
 def run(*argv: str) -> subprocess.CompletedProcess[str]:
