@@ -37,17 +37,20 @@ def licences(ctx: typer.Context, config: Path | None = ConfigOption,
     if as_json:
         _print_json(listing)
         return
-    table = Table("licence", "total", "in use", "external", "free", "source", "synced", "counts",
-                  "held by workers")
+    table = Table("licence", "total", "in use", "external", "free", "source", "synced", "per")
+    notes = []
     for pool in listing:
-        hosts = pool.get("hosts") or []
-        counts = ("per host" + (f": {', '.join(hosts)}" if hosts else "")
-                  if pool.get("per_host") else "per task")
-        lifetime = [holder["worker_id"] for holder in pool["holders"] if holder.get("lifetime")]
         table.add_row(pool["name"], str(pool["total"]), str(pool["in_use"]),
                       str(pool["external_in_use"]), str(pool["free"]), pool["source"],
-                      _ago(pool["synced_at"]), counts, ", ".join(lifetime) or "-")
+                      _ago(pool["synced_at"]), "host" if pool.get("per_host") else "task")
+        if pool.get("hosts"):
+            notes.append(f"{pool['name']}: seats held on {', '.join(pool['hosts'])}")
+        lifetime = [holder["worker_id"] for holder in pool["holders"] if holder.get("lifetime")]
+        if lifetime:
+            notes.append(f"{pool['name']}: held for life by {', '.join(lifetime)}")
     console.print(table)
+    for note in notes:
+        console.print(note, highlight=False)
 
 
 @licences_app.command("set")
