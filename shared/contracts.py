@@ -60,8 +60,8 @@ class SchedulerRpc(Protocol):
 
     def why_task(self, task_id: int) -> dict[str, Any]:
         """Why a task is where it is: `{state, code, reason}` (codes: dependency, retry_delay, no_worker,
-        host_excluded, no_host_fits, no_room, licence_*, queued, paused, dispatched, running, or its end
-        state)."""
+        host_excluded, no_host_fits, no_room, licence_* (licence_refused: it found no licence and waits
+        to run again, uncharged), queued, paused, dispatched, running, or its end state)."""
 
     def list_audit(self, since: float | None = None, actor: str | None = None,
                    limit: int = 100) -> list[dict[str, Any]]:
