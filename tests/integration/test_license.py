@@ -64,7 +64,8 @@ def test_pool_runs_out_and_a_release_frees_it_and_says_so(farm: Farm) -> None:
         assert license_rpc.release("task-1-attempt-1") is None
         assert license_rpc.get_pool("houdini")["free"] == 1
         farm.wait_for(lambda: len(changes()) >= 4, 10, "the release's licence_changed event")
-        assert changes() == [{"name": "houdini", "total": 2, "free": free} for free in (2, 1, 0, 1)]
+        assert changes() == [{"name": "houdini", "total": 2, "free": free, "usable": free}
+                             for free in (2, 1, 0, 1)]
     assert license_rpc.acquire("task-3-attempt-1", 3, 1, "w1", {"houdini": 1}) is not None
 
 
