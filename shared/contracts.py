@@ -70,7 +70,8 @@ class SchedulerRpc(Protocol):
     # Read-only figures for the monitor's overview and /metrics.
     def farm_stats(self, minutes: int = 60, histogram: bool = False) -> dict[str, Any]:
         """Tasks by state, attempts by outcome, tasks finished per minute over the last
-        hour and a run-time histogram, for the monitor."""
+        hour, the backlog (tasks not started) per pool and band by state, and a run-time
+        histogram, for the monitor and `corral status`."""
 
     def claim_task(self, task_id: int, attempt: int, worker_id: str,
                    host: str | None = None) -> dict[str, Any]:
@@ -181,7 +182,8 @@ class NegotiatorRpc(Protocol):
     def report_host(self, host: str, cores: float, memory_mb: int,
                     gpus: list[dict[str, Any]] | None = None,
                     custom: dict[str, float] | None = None) -> dict[str, Any]:
-        """Workers and pools: a host's totals."""
+        """Workers and pools: a host's totals; the latest report holds, and the reply's
+        `replaced` names the different totals it replaced (None when nothing changed)."""
 
     def reserve(self, reservation_id: str, host: str, worker_id: str, task_id: int, attempt: int,
                 minimum: dict[str, Any],

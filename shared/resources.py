@@ -44,6 +44,23 @@ def format_size(mb: int) -> str:
     return f"{mb}M"
 
 
+def replaced_totals_note(host: str, reply: Mapping[str, Any]) -> str | None:
+    """What to tell a person whose report of a host's totals replaced different ones (the
+    negotiator's `report_host` reply names them under `replaced`), or None when nothing changed."""
+    before = reply.get("replaced")
+    if not before:
+        return None
+    after = reply.get("totals") or {}
+
+    def amounts(totals: Mapping[str, Any]) -> str:
+        return (f"{float(totals.get('cores', 0)):g} cores, "
+                f"{format_size(int(totals.get('memory_mb', 0)))}, {totals.get('gpus', 0)} GPUs")
+
+    return (f"host {host} had been reported with {amounts(before)} (by another pool or worker "
+            f"on it, or an earlier run); now {amounts(after)} hold for every worker on {host}. "
+            "Give every pool and worker on one host the same --cores/--memory/--gpus.")
+
+
 def _exact(amount: float) -> float:
     # Fractional amounts are kept to thousandths so that sums and differences land on the same
     # float whatever order reservations come and go in: a ledger must never drift from its totals.

@@ -138,21 +138,42 @@ def list_jobs(query: JobsQuery) -> Any:
     return call("scheduler", "list_jobs", **kwargs)
 
 
+IDEMPOTENCY = {"Idempotency-Key": "The submission's key (the spec's `submission_key`): "
+               "sending the same submission again under it, after a timeout say, returns the "
+               "job the first one made instead of making another."}
+
+
+def _keyed(spec: dict[str, Any]) -> dict[str, Any]:
+    """The spec with the Idempotency-Key header as its submission key; the header and a
+    different `submission_key` in the body together are refused."""
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return spec
+    if not 1 <= len(key) <= 200 or not key.isprintable() or not key.isascii() \
+            or key != key.strip():
+        raise HttpError(400, "Idempotency-Key: must be 1 to 200 printable ASCII characters "
+                        "without spaces at its ends", "Idempotency-Key")
+    if spec.get("submission_key") not in (None, key):
+        raise HttpError(400, "Idempotency-Key: differs from the body's submission_key "
+                        f"{spec['submission_key']!r}; send one of them", "Idempotency-Key")
+    return {**spec, "submission_key": key}
+
+
 @endpoint(api, "POST", "/jobs", "Submit a job spec (the same JSON as the RPC's)",
-          role=Role.ARTIST, body=JobSpec)
+          role=Role.ARTIST, body=JobSpec, headers=IDEMPOTENCY)
 def submit(body: JobSpec) -> Any:
     # The scheduler makes the job the caller's (only a wrangler names another user).
-    return call("scheduler", "submit_job", spec=request.get_json())
+    return call("scheduler", "submit_job", spec=_keyed(request.get_json()))
 
 
 @endpoint(api, "POST", "/templates/<name>", "Submit a job from a template (blender, "
           "blender-movie, python) and its command-line arguments", role=Role.ARTIST,
-          body=TemplateBody)
+          body=TemplateBody, headers=IDEMPOTENCY)
 def submit_template(name: str, body: TemplateBody) -> Any:
     spec = template_from_args(name, body.args)
     if body.user:
         spec["user"] = body.user
-    return call("scheduler", "submit_job", spec=spec)
+    return call("scheduler", "submit_job", spec=_keyed(spec))
 
 
 @endpoint(api, "GET", "/jobs/<int:job_id>", "A job, its counts, ETA and a page of its tasks",

@@ -23,6 +23,9 @@ PATH_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*$"
 """A file path under the storage root as the API documents it (anything else is refused)."""
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$"
 """A worker id or licence pool name."""
+HEADER_SCHEMA = {"type": "string", "minLength": 1, "maxLength": 200,
+                 "pattern": r"^[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?$"}
+"""A request header the API reads: printable ASCII, no spaces at its ends."""
 MAX_ID = 2**53
 """Ids beyond this are no id any database of the farm hands out: 404 before any call."""
 
@@ -49,6 +52,7 @@ class Route:
     produces: str
     path_ints: list[str] = field(default_factory=list)
     path_strings: list[str] = field(default_factory=list)
+    headers: dict[str, str] = field(default_factory=dict)  # optional request header -> meaning
 
 
 ROUTES: list[Route] = []
@@ -58,14 +62,16 @@ def endpoint(blueprint: Blueprint, method: str, path: str, summary: str, *,
              role: Role | None = None, query: type[BaseModel] | None = None,
              body: type[BaseModel] | None = None, raw_body: str | None = None,
              returns: dict[str, Any] | None = None,
-             produces: str = "application/json") -> Callable[[Callable[..., Any]], Any]:
-    """Declare a view: `GET /jobs/<int:job_id>` with its models; the view gets `query`/`body`."""
+             produces: str = "application/json",
+             headers: dict[str, str] | None = None) -> Callable[[Callable[..., Any]], Any]:
+    """Declare a view: `GET /jobs/<int:job_id>` with its models; the view gets `query`/`body`.
+    `headers` documents the optional request headers the view reads (name -> meaning)."""
 
     def decorate(view: Callable[..., Any]) -> Any:
         ints = re.findall(r"<int:(\w+)>", path)
         strings = re.findall(r"<(?:path:)?(\w+)>", path)
         route = Route(method, path, view.__name__, summary, role, query, body, raw_body,
-                      returns or {"type": "object"}, produces, ints, strings)
+                      returns or {"type": "object"}, produces, ints, strings, dict(headers or {}))
         ROUTES.append(route)
 
         def handler(**kwargs: Any) -> Any:
@@ -134,6 +140,9 @@ def document(prefix: str, title: str, version: str) -> dict[str, Any]:
             for name, prop in query_schema.get("properties", {}).items():
                 parameters.append({"name": name, "in": "query", "required": name in required,
                                    "schema": prop})
+        for name, meaning in route.headers.items():
+            parameters.append({"name": name, "in": "header", "required": False,
+                               "description": meaning, "schema": HEADER_SCHEMA})
         responses: dict[str, Any] = {"200": {"description": "done", "content": {
             media: {"schema": route.returns if media == "application/json"
                     else {"type": "string", "format": "binary"}}

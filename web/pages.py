@@ -59,9 +59,10 @@ def overview_context() -> dict[str, Any]:
     hosts, hosts_error = call_or_none("resource_negotiator", "list_hosts")
     pools, pools_error = call_or_none("license", "list_pools")
     stats, stats_error = call_or_none("scheduler", "farm_stats", minutes=60)
+    live_hosts = set(overview["hosts"]) if overview else None
     return {"overview": overview, "overview_error": overview_error, "hosts": hosts or [],
-            "hosts_error": hosts_error, "pools": pools or [], "pools_error": pools_error,
-            "stats": stats, "stats_error": stats_error}
+            "hosts_error": hosts_error, "live_hosts": live_hosts, "pools": pools or [],
+            "pools_error": pools_error, "stats": stats, "stats_error": stats_error}
 
 
 @pages.get("/")
@@ -157,8 +158,10 @@ def workers_context() -> dict[str, Any]:
     workers, workers_error = call_or_none("registry", "list_workers")
     hosts, hosts_error = call_or_none("resource_negotiator", "list_hosts")
     reservations = {r.get("worker_id"): r for h in hosts or [] for r in h.get("reservations", [])}
+    live_hosts = (None if workers is None else
+                  {w["host"] for w in workers if w.get("state") not in ("left", "lost")})
     return {"workers": workers or [], "workers_error": workers_error, "hosts": hosts or [],
-            "hosts_error": hosts_error, "reservations": reservations}
+            "hosts_error": hosts_error, "live_hosts": live_hosts, "reservations": reservations}
 
 
 @pages.get("/workers")

@@ -23,7 +23,7 @@ from services.worker import leftovers
 from services.worker.rpc import AsyncRpcClient, RpcUnavailable, ServiceUnknown
 from shared.config import Settings
 from shared.credentials import worker_credential
-from shared.resources import HostTotals
+from shared.resources import HostTotals, replaced_totals_note
 
 log = logging.getLogger("corral.pool")
 
@@ -422,7 +422,7 @@ class WorkerPool:
         """Tell the negotiator what this host has, as each worker also does when it connects."""
         resources = self.totals.resources
         try:
-            await self._call("resource_negotiator", "report_host", host=self.host,
+            reply = await self._call("resource_negotiator", "report_host", host=self.host,
                              cores=resources.cores, memory_mb=resources.memory_mb,
                              gpus=[{"index": g.index, "model": g.model, "memory_mb": g.memory_mb}
                                    for g in self.totals.gpus],
@@ -436,6 +436,9 @@ class WorkerPool:
         self._reported = True
         log.info("reported %s to the negotiator: %g cores, %d MB, %d GPUs", self.host,
                  resources.cores, resources.memory_mb, resources.gpus)
+        note = replaced_totals_note(self.host, reply)
+        if note:
+            log.warning("%s", note)
 
     async def _registry_workers(self) -> list[dict[str, Any]] | None:
         try:

@@ -178,10 +178,13 @@ def _held_on(session: Session, host: str | None = None) -> list[ReservationRecor
 
 def report_host(store: Store, totals: HostTotals) -> dict[str, Any]:
     """Record what a host has; lowered below what is reserved, the host takes no new work until
-    enough is released (running work is never taken away)."""
+    enough is released (running work is never taken away). The latest report holds: when it
+    differs from the one before, the reply's `replaced` gives the totals it replaced (and when
+    they were reported) so the reporter can say so; otherwise `replaced` is None."""
     gpus = json.dumps([{"index": g.index, "model": g.model, "memory_mb": g.memory_mb}
                        for g in totals.gpus])
     custom = json.dumps(dict(totals.resources.custom))
+    replaced: dict[str, Any] | None = None
     with store.write() as session:
         now = store.now(session)
         record = session.get(HostRecord, totals.host)
@@ -190,9 +193,15 @@ def report_host(store: Store, totals: HostTotals) -> dict[str, Any]:
                                    memory_mb=totals.resources.memory_mb, gpus=gpus,
                                    custom=custom, reported_at=now))
         else:
+            before = (record.cores, record.memory_mb, json.loads(record.gpus),
+                      json.loads(record.custom))
+            if before != (totals.resources.cores, totals.resources.memory_mb,
+                          json.loads(gpus), json.loads(custom)):
+                replaced = {**resources_to_wire(_totals(record).resources),
+                            "reported_at": record.reported_at}
             record.cores, record.memory_mb = totals.resources.cores, totals.resources.memory_mb
             record.gpus, record.custom, record.reported_at = gpus, custom, now
-    return host_view(store, totals.host)
+    return {**host_view(store, totals.host), "replaced": replaced}
 
 
 def reserve(store: Store, reservation_id: str, host: str, worker_id: str, task_id: int,

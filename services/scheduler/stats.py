@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import case, func, select
 from sqlmodel import col
 
-from services.scheduler.store import Attempt, AttemptState, Task
+from services.scheduler.store import Attempt, AttemptState, Task, TaskState
 from shared.db import Store
 
 DURATION_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 14400.0, 86400.0)
@@ -15,10 +15,15 @@ DURATION_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 14
 
 FINISHED_STATES = (AttemptState.DONE, AttemptState.FAILED)
 
+BACKLOG_STATES = (TaskState.WAITING, TaskState.QUEUED, TaskState.PAUSED, TaskState.DISPATCHED)
+"""The states of a task that has not started: counted per pool and band beside the broker's
+queue depths, since most of a backlog waits in the database, not in a queue."""
+
 
 def farm_stats(store: Store, minutes: int = 60, histogram: bool = False) -> dict[str, Any]:
     """Tasks by state, attempts by how they ended, tasks finished in each of the last `minutes`
-    minutes (oldest first), and with `histogram` the run times of finished attempts."""
+    minutes (oldest first), the backlog per pool and band, and with `histogram` the run times
+    of finished attempts."""
     with store.read() as session:
         now = store.now(session)
         tasks = {str(state): int(count) for state, count in session.execute(
@@ -35,10 +40,25 @@ def farm_stats(store: Store, minutes: int = 60, histogram: bool = False) -> dict
             if 0 <= age < minutes:
                 per_minute[minutes - 1 - age] += 1
         answer: dict[str, Any] = {"at": now, "tasks": tasks, "attempts": ended,
-                                  "finished_per_minute": per_minute}
+                                  "finished_per_minute": per_minute,
+                                  "backlog": _backlog(session)}
         if histogram:
             answer["durations"] = _durations(session)
     return answer
+
+
+def _backlog(session: Any) -> list[dict[str, Any]]:
+    """Tasks not started yet, per pool and band, by state (waiting on dependencies, queued,
+    paused, dispatched), pools and bands in name order."""
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for pool, band, state, count in session.execute(
+            select(col(Task.pool), col(Task.band), col(Task.state), func.count())
+            .where(col(Task.state).in_(BACKLOG_STATES))
+            .group_by(col(Task.pool), col(Task.band), col(Task.state))):
+        row = rows.setdefault((str(pool), str(band)), {"pool": str(pool), "band": str(band),
+                                                       **{str(s): 0 for s in BACKLOG_STATES}})
+        row[str(state)] = int(count)
+    return [rows[key] for key in sorted(rows)]
 
 
 def _durations(session: Any) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from shared.bands import REPORTS_QUEUE, queue_name
 from shared.config import Settings
 from shared.credentials import worker_credential
 from shared.errors import StaleLease
-from shared.resources import HostTotals, detect_host_totals
+from shared.resources import HostTotals, detect_host_totals, replaced_totals_note
 from shared.storage import task_log_path, task_result_path
 
 log = logging.getLogger("corral.worker")
@@ -238,7 +238,7 @@ class Worker:
         totals = self.host_totals
         assert self._rpc is not None
         try:
-            await self._rpc.call(
+            reply = await self._rpc.call(
                 "resource_negotiator", "report_host", timeout=self.settings.rpc_timeout_seconds,
                 host=self.host, cores=totals.resources.cores,
                 memory_mb=totals.resources.memory_mb,
@@ -246,6 +246,9 @@ class Worker:
                       for g in totals.gpus],
                 custom=dict(totals.resources.custom))
             self.negotiated = True
+            note = replaced_totals_note(self.host, reply)
+            if note:
+                log.warning("%s", note)
         except ServiceUnknown:
             log.warning("no resource negotiator on this farm: task resources are not reserved")
             self.negotiated = False

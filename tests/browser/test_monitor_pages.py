@@ -39,6 +39,14 @@ def test_the_overview_loads_and_shows_the_workers(shared_monitor: Monitor, page:
     expect(page.locator('[data-service="scheduler"]')).to_have_text("scheduler: up")
     page.goto(shared_monitor.url + "/workers")
     expect(page.locator("tr[data-worker]")).to_have_count(alive)
+    # A host whose workers all left is shown as such, not as if it were there.
+    shared_monitor.farm.rpc.resource_negotiator.report_host("left-host", 2, 2048, [], {})
+    page.goto(shared_monitor.url + "/workers")
+    expect(page.locator('tr[data-host="left-host"] td.presence')).to_have_text("none: all left")
+    for host in {w["host"] for w in shared_monitor.farm.rpc.registry.list_workers(alive=True)}:
+        row = page.locator(f'tr[data-host="{host}"] td.presence')
+        if row.count():
+            expect(row).to_have_text("present")
 
 
 def test_a_running_jobs_progress_and_log_tail_change_without_a_reload(

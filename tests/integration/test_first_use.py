@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -162,3 +163,38 @@ def test_a_refused_request_is_one_line_in_the_farm_log(farm: Farm) -> None:
     assert "Traceback" not in log
     assert "Connected to amqp" not in log
     assert os.environ.get("CORRAL_NEVER_SET") is None
+
+
+def test_status_shows_the_backlog_and_hosts_show_who_is_there(farm: Farm) -> None:
+    for service in ("registry", "scheduler", "resource_negotiator"):
+        farm.start_service(service)
+    farm.start_worker("--host", "vm1", "--cores", "2", "--memory", "4G", name="first")
+    second = farm.start_worker("--host", "vm1", "--cores", "4", "--memory", "8G", name="second")
+    farm.wait_for(lambda: "had been reported with 2 cores, 4G" in
+                  (farm.directory / "second.log").read_text(), 15, "the replaced-totals warning")
+    assert "now 4 cores, 8G, 0 GPUs hold for every worker on vm1" in \
+        (farm.directory / "second.log").read_text()
+    waiting = json.loads(corral(farm, "submit", "--json", "--pool", "gpu", "--priority", "200",
+                                "--", "true").stdout)
+    json.loads(corral(farm, "submit", "--json", "--pool", "gpu", "--after", str(waiting["id"]),
+                      "--", "true").stdout)
+    status = corral(farm, "status", "--json")
+    backlog = json.loads(status.stdout)["backlog"]
+    assert {"pool": "gpu", "band": "high", "waiting": 0, "queued": 1, "paused": 0,
+            "dispatched": 0} in backlog
+    assert any(row["pool"] == "gpu" and row["band"] == "normal" and row["waiting"] == 1
+               for row in backlog)
+    rows = [[cell.strip() for cell in line.split("│")[1:-1]]
+            for line in corral(farm, "status").stdout.splitlines() if "│" in line]
+    assert ["gpu", "high", "0", "1", "0", "0", "0"] in rows
+    assert ["gpu", "normal", "1", "0", "0", "0", "0"] in rows
+    hosts = json.loads(corral(farm, "hosts", "--json").stdout)
+    assert [(h["host"], h["live_workers"]) for h in hosts] == [("vm1", 2)]
+    farm.kill("first", signal.SIGTERM)
+    farm.kill("second", signal.SIGTERM)
+    farm.wait_for(lambda: not farm.rpc.registry.list_workers(alive=True), 30, "workers to leave")
+    assert json.loads(corral(farm, "hosts", "--json").stdout)[0]["live_workers"] == 0
+    rows = [[cell.strip() for cell in line.split("│")[1:-1]]
+            for line in corral(farm, "hosts").stdout.splitlines() if "│" in line]
+    assert rows[0][:2] == ["vm1", "none"] and rows[0][2].endswith("ago")
+    assert second

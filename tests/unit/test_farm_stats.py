@@ -37,3 +37,16 @@ def test_jobs_are_listed_by_name_glob_with_an_eta(scheduler_store: Store) -> Non
     listed = ops.list_jobs(scheduler_store, name_pattern="shot01*")
     assert [job["id"] for job in listed["jobs"]] == [wanted["id"]] and listed["total"] == 1
     assert "eta_seconds" in listed["jobs"][0]
+
+
+def test_the_backlog_is_counted_per_pool_and_band_by_state(scheduler_store: Store) -> None:
+    submit(scheduler_store, tasks=3, pool="cpu", priority=200)
+    blocked = submit(scheduler_store, tasks=1, pool="cpu", priority=200)
+    submit(scheduler_store, tasks=2, pool="gpu", depends_on=[blocked["id"]])
+    first = task_ids(scheduler_store, blocked["id"])[0]
+    claim(scheduler_store, first)
+    backlog = stats.farm_stats(scheduler_store, minutes=1)["backlog"]
+    assert backlog == [
+        {"pool": "cpu", "band": "high", "waiting": 0, "queued": 3, "paused": 0, "dispatched": 0},
+        {"pool": "gpu", "band": "normal", "waiting": 2, "queued": 0, "paused": 0,
+         "dispatched": 0}]

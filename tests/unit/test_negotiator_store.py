@@ -288,3 +288,12 @@ def test_host_report_with_negative_cores_is_refused_naming_the_field() -> None:
 def test_host_report_with_the_same_gpu_twice_is_refused() -> None:
     with pytest.raises(InvalidSpec, match="^gpus:"):
         ops.host_totals_from_wire("render01", 32, 65536, [{"index": 0}, {"index": 0}], None)
+
+
+def test_a_report_that_changes_a_hosts_totals_says_what_it_replaced(negotiator_store: Store) -> None:
+    assert report(negotiator_store, cores=8, memory="16G")["replaced"] is None
+    assert report(negotiator_store, cores=8, memory="16G")["replaced"] is None  # same again
+    second = report(negotiator_store, cores=4, memory="8G")
+    assert second["replaced"]["cores"] == 8 and second["replaced"]["memory_mb"] == 16 * GB
+    assert second["replaced"]["reported_at"] is not None
+    assert second["totals"]["cores"] == 4 and free(negotiator_store) == (4, 8 * GB)

@@ -345,3 +345,14 @@ def test_a_new_reservation_holds_its_minimum_and_no_more_than_was_free(
             assert result.resources.fits_in(free_before)
         elif is_new and free_before is not None:
             assert not step[3].fits_in(free_before)
+
+
+def test_a_replaced_host_report_is_told_with_both_totals_and_which_hold() -> None:
+    from shared.resources import replaced_totals_note
+
+    assert replaced_totals_note("vm", {"replaced": None, "totals": {"cores": 4}}) is None
+    note = replaced_totals_note("vm", {
+        "replaced": {"cores": 8, "memory_mb": 16384, "gpus": 0, "reported_at": 1.0},
+        "totals": {"cores": 4, "memory_mb": 8192, "gpus": 0}})
+    assert note is not None
+    assert "8 cores, 16G" in note and "now 4 cores, 8G, 0 GPUs hold for every worker on vm" in note

@@ -38,6 +38,37 @@ def test_a_bad_spec_is_refused_with_400_naming_the_field(shared_monitor: Monitor
     assert reply.json()["field"] == "body.tasks[0].command[1]"
 
 
+def test_a_submit_repeated_under_its_idempotency_key_returns_the_first_job(
+        shared_monitor: Monitor) -> None:
+    ana = shared_monitor.as_("ana", Role.ARTIST)
+    body = {"tasks": [{"command": ["true"]}], "name": "keyed"}
+    key = f"pipeline-{time.time_ns()}"
+    first = shared_monitor.call(ana, "POST", "/api/v1/jobs", json=body,
+                                headers={"Idempotency-Key": key})
+    again = shared_monitor.call(ana, "POST", "/api/v1/jobs", json=body,
+                                headers={"Idempotency-Key": key})
+    assert first.status_code == again.status_code == 200, (first.text, again.text)
+    assert again.json()["id"] == first.json()["id"]
+    other = shared_monitor.call(ana, "POST", "/api/v1/jobs", json=body,
+                                headers={"Idempotency-Key": key + "-2"})
+    assert other.json()["id"] != first.json()["id"]
+    template = {"args": ["scene.blend", "--frames", "1-2"]}
+    made = [shared_monitor.call(ana, "POST", "/api/v1/templates/blender", json=template,
+                                headers={"Idempotency-Key": key + "-blender"}).json()["id"]
+            for _ in range(2)]
+    assert made[0] == made[1]
+    clash = shared_monitor.call(ana, "POST", "/api/v1/jobs",
+                                json={**body, "submission_key": "another"},
+                                headers={"Idempotency-Key": key})
+    assert clash.status_code == 400 and clash.json()["field"] == "Idempotency-Key"
+    too_long = shared_monitor.call(ana, "POST", "/api/v1/jobs", json=body,
+                                   headers={"Idempotency-Key": "k" * 201})
+    assert too_long.status_code == 400 and too_long.json()["field"] == "Idempotency-Key"
+    document = shared_monitor.call(None, "GET", "/api/v1/openapi.json").json()
+    assert any(p["name"] == "Idempotency-Key" and p["in"] == "header"
+               for p in document["paths"]["/api/v1/jobs"]["post"]["parameters"])
+
+
 def test_an_artist_cannot_act_on_another_users_job_and_a_wrangler_can(
         shared_monitor: Monitor, tmp_path: Path) -> None:
     job = _submit(shared_monitor, "ana", [{"command": wait_until(tmp_path / "never")}])
