@@ -89,7 +89,7 @@ def worker(config: Path | None = ConfigOption,
            gpus: int | None = typer.Option(None, help="This host's GPUs (default: NVML)."),
            host: str | None = HostOption,
            max_tasks: int = MaxTasksOption,
-           hold_licence: list[str] = typer.Option(  # noqa: B008 (typer's way)
+           hold_licence: list[str] = typer.Option(
                [], "--hold-licence",
                help="Hold this licence (NAME or NAME=COUNT) from start to exit; take work only "
                     "while holding it. Repeatable."),
@@ -152,6 +152,10 @@ def worker_pool(config: Path | None = ConfigOption,
                 gpus: int | None = typer.Option(None, help="This host's GPUs (default: NVML)."),
                 host: str | None = HostOption,
                 max_tasks: int = MaxTasksOption,
+                hold_licence: list[str] = typer.Option(
+                    [], "--hold-licence",
+                    help="Each worker holds this licence (NAME or NAME=COUNT) from its start to "
+                         "its exit. Repeatable."),
                 ) -> None:
     """Run workers on this host as work needs them: one more whenever the last idle one takes a
     task (up to --max-workers, while the host has free cores and memory); idle extras stop."""
@@ -167,5 +171,6 @@ def worker_pool(config: Path | None = ConfigOption,
         _fail(exc)
     template = WorkerTemplate(pool=pool, bands=[b for b in bands.split(",") if b], host=host_name,
                               config=config.resolve() if config else None, cores=cores,
-                              memory=memory, gpus=gpus, max_tasks=max_tasks)
+                              memory=memory, gpus=gpus, max_tasks=max_tasks,
+                              hold_licences=tuple(hold_licence))
     raise typer.Exit(run_pool(settings, limits, template, totals, stop_grace))
