@@ -99,3 +99,14 @@ def test_a_seat_held_for_a_workers_life_covers_its_tasks_and_returns_when_it_is_
     done = farm.wait_for_job(job["id"], timeout=60)
     attempts = farm.rpc.scheduler.get_task(done["tasks"][0]["id"])["attempts"]
     assert [(a["state"], a["worker_id"]) for a in attempts] == [("done", waiting)]
+
+
+def test_a_seat_held_for_a_workers_life_returns_when_it_leaves(farm: Farm) -> None:
+    start_farm(farm)
+    farm.rpc.license.set_pool("pixyz", 1)
+    holder = farm.start_worker("--pool", "pixyz", "--hold-licence", "pixyz", name="holder")
+    farm.wait_for(lambda: pool(farm, "pixyz")["free"] == 0, 20, "the holder's seat")
+    farm.kill("holder", signal.SIGTERM)
+    farm.wait_for(lambda: pool(farm, "pixyz")["free"] == 1, 20, "the seat to come back")
+    (gone,) = [w for w in farm.rpc.registry.list_workers() if w["worker_id"] == holder]
+    assert gone["state"] == "left"  # it said goodbye: its seat did not wait for it to be lost
