@@ -1,10 +1,12 @@
 """Tasks that say they found no licence go back to their queue uncharged, on real workers."""
 
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
-from tests.farm import Farm
+from tests.farm import CONFIG, ROOT, Farm
 
 REFUSAL = {"CORRAL_LICENCE_REFUSAL_EXIT_CODES": "[75]",
            "CORRAL_LICENCE_REFUSAL_PATTERNS": '["(?i)no licen[cs]e available"]',
@@ -58,3 +60,21 @@ def test_a_task_that_always_finds_no_licence_fails_after_the_limit(farm: Farm) -
     assert task["state"] == "failed"
     assert task["reason"] == "exited with code 75 (no licence 4 times in a row: charged)"
     assert [a["state"] for a in task["attempts"]] == ["handed_back"] * 3 + ["failed"]
+
+
+def test_corral_why_says_a_task_found_no_licence_and_waits_uncharged(farm: Farm) -> None:
+    farm.env.update({**REFUSAL, "CORRAL_LICENCE_REFUSAL_DELAY_SECONDS": "60",
+                     "CORRAL_LICENCE_REFUSAL_MAX_DELAY_SECONDS": "60"})
+    farm.start(workers=1)
+    job = farm.submit([{"command": ["sh", "-c", "exit 75"]}])
+    task_id = farm.rpc.scheduler.get_job(job["id"])["tasks"][0]["id"]
+    farm.wait_for(lambda: refusals(farm.rpc.scheduler.get_task(task_id)), 30,
+                  "the task to find no licence")
+    done = subprocess.run([sys.executable, "-m", "services.cli", "why", str(task_id)],
+                          env={**farm.env, "CORRAL_CONFIG": str(CONFIG)}, cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    said = " ".join(done.stdout.split())  # the console wraps long lines
+    assert f"task {task_id} is queued [licence_refused]: no licence (exit code 75): back in " \
+           "its queue, not charged (refusal 1 of 3 in a row); runs again in" in said
+    assert farm.rpc.scheduler.get_task(task_id)["failures"] == 0
