@@ -880,6 +880,10 @@ def finish_task(store: Store, task_id: int, lease_token: str, exit_code: int | N
         refused = refusals.matched(exit_code, reason, log_tail) if refusals else None
         if refused is not None and refusals is not None:
             if task.licence_refusals < refusals.limit:
+                if attempt is not None:
+                    attempt.process_started_at = process_started_at
+                    attempt.process_ended_at = process_ended_at
+                    attempt.peak_memory_mb = peak_memory_mb
                 return _requeue_refused(session, task, attempt, refusals, refused, exit_code,
                                         log_path, now)
             why = f"{why} (no licence {task.licence_refusals + 1} times in a row: charged)"
