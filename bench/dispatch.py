@@ -77,7 +77,7 @@ class JobWatcher:
                 self.connection.drain_events(timeout=min(remaining, 1.0))
             except TimeoutError:
                 pass
-        return farm.rpc.scheduler.get_job(job_id, task_limit=100000)
+        return farm.rpc.scheduler.get_job(job_id, task_limit=10000)  # get_job's most
 
     def close(self) -> None:
         self.connection.release()

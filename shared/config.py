@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from shared.bands import Band, parse_bands
 from shared.errors import ConfigError, CorralError
 from shared.licences import LICENCE_NAME
+from shared.notify import StudioHook
 from shared.resources import parse_size
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "deploy" / "config.yaml"
@@ -123,6 +124,63 @@ class WebSettings(BaseModel):
     without logging in, whatever this says."""
 
 
+class NotificationSettings(BaseModel):
+    """How the scheduler tells of jobs' ends (`CORRAL.notifications`): webhooks and e-mail."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    secret: str = ""
+    """The key of the HMAC-SHA256 signature (header X-Corral-Signature) of every webhook body;
+    give it to receivers so they can check it. Empty: webhooks are sent unsigned."""
+    monitor_url: str = ""
+    """The monitor's address as receivers reach it, for the link to a job's page. Empty:
+    `http://` and `CORRAL.web.bind`."""
+    hooks: tuple[StudioHook, ...] = ()
+    """Studio-wide hooks added to every job submitted: `{url: ..., events: [failed]}` or
+    `{email: ..., events: [...]}` (events: done, failed, cancelled, first_failed_task)."""
+    timeout_seconds: float = Field(default=10, gt=0)
+    """One try of one delivery (connect, send, answer) gives up after this long."""
+    backoff_seconds: float = Field(default=5, gt=0)
+    """The pause after a delivery's first failed try; it doubles after each one after."""
+    backoff_max_seconds: float = Field(default=300, gt=0)
+    """The longest pause between two tries of one delivery."""
+    give_up_seconds: float = Field(default=86400, gt=0)
+    """A delivery still failing this long after its event is given up (state `failed`)."""
+    concurrency: int = Field(default=8, gt=0)
+    """Deliveries under way at once."""
+    smtp_host: str = ""
+    """The SMTP server e-mails go through. Empty: no e-mail (a spec naming an address is
+    refused at submit)."""
+    smtp_port: int = Field(default=25, gt=0, lt=65536)
+    """The SMTP server's port."""
+    smtp_sender: str = "corral@localhost"
+    """The From address of notification e-mails."""
+    smtp_starttls: bool = False
+    """Upgrade the SMTP connection with STARTTLS before sending."""
+    smtp_username: str = ""
+    """Log in to the SMTP server as this user (empty: no login)."""
+    smtp_password: str = ""
+    """The SMTP user's password."""
+
+    @model_validator(mode="after")
+    def _mail_needs_a_server(self) -> NotificationSettings:
+        if not self.smtp_host and any(hook.email is not None for hook in self.hooks):
+            raise ValueError("a hook mails an address, but no smtp_host is configured")
+        return self
+
+    @field_validator("hooks", mode="before")
+    @classmethod
+    def _none_means_no_hooks(cls, value: Any) -> Any:
+        return () if value is None or value == "" else value
+
+    @field_validator("secret", "monitor_url", "smtp_host", "smtp_username", "smtp_password",
+                     mode="before")
+    @classmethod
+    def _always_text(cls, value: Any) -> Any:
+        # nameko's loader reads an unset variable's empty default as None; digits stay text.
+        return "" if value is None else str(value) if isinstance(value, int | float) else value
+
+
 class Settings(BaseModel):
     """Everything a Corral process needs to know, read once at start.
 
@@ -175,6 +233,12 @@ class Settings(BaseModel):
     """Most tasks one job may have (its frame ranges and chunks included)."""
     log_tail_bytes: int = Field(ge=0)
     """How much of the end of a failed task's log is kept with its attempt."""
+    log_max_bytes: int = Field(ge=0)
+    """Most bytes of one attempt's log (0: no cap). Past it, and half its tail again, the
+    middle is cut out: the first `log_head_bytes`, a line saying how much was cut, and the
+    latest output are kept."""
+    log_head_bytes: int = Field(ge=0)
+    """How much of the start of a capped log is kept (at most half of `log_max_bytes`)."""
     max_queued_per_user: int = Field(gt=0)
     """Most tasks one user may have waiting; a submit that would pass it is refused."""
     aging_seconds: float = Field(gt=0)
@@ -211,6 +275,9 @@ class Settings(BaseModel):
     policy decides), so a task that always says so, for whatever reason, cannot loop for ever."""
     web: WebSettings = Field(default_factory=WebSettings)
     """The monitor's own settings (`CORRAL.web`): see the monitor's section of the README."""
+    notifications: NotificationSettings = Field(default_factory=NotificationSettings)
+    """Webhooks and e-mail when jobs end (`CORRAL.notifications`): see the README's
+    Notifications."""
     # --- the cleanup service: retention, each measured from when the thing ended --------------
     cleanup_interval_seconds: float = Field(gt=0)
     """How often the cleanup service makes a removal pass."""
@@ -298,6 +365,17 @@ class Settings(BaseModel):
                 for name, pool in value.items()}
 
     @model_validator(mode="after")
+    def _log_head_fits_in_the_cap(self) -> Settings:
+        if self.log_max_bytes and self.log_head_bytes * 2 > self.log_max_bytes:
+            raise ValueError(f"log_head_bytes ({self.log_head_bytes}) must be at most half of "
+                             f"log_max_bytes ({self.log_max_bytes}), so a capped log keeps its "
+                             "latest output too")
+        if self.log_max_bytes and self.log_max_bytes < 4096:
+            raise ValueError(f"log_max_bytes ({self.log_max_bytes}) must be 0 (no cap) or at "
+                             "least 4096")
+        return self
+
+    @model_validator(mode="after")
     def _heartbeat_fits_in_lease(self) -> Settings:
         if self.heartbeat_seconds * 2 > self.lease_seconds:
             raise ValueError(
@@ -344,6 +422,8 @@ def settings_from_mapping(raw: Mapping[str, Any], base_dir: Path | None = None) 
         "max_env_bytes": 32768,
         "max_tasks_per_job": 100000,
         "log_tail_bytes": 4096,
+        "log_max_bytes": 256 * 1024 * 1024,
+        "log_head_bytes": 1024 * 1024,
         "max_queued_per_user": 1000,
         "aging_seconds": 300,
         # Cleanup: logs two weeks after their job ended, scratch an hour, results a week

@@ -21,6 +21,7 @@ from shared.config import (
     CONFIG_ENV_VAR,
     DEFAULT_CONFIG_PATH,
     LicencePoolConfig,
+    NotificationSettings,
     Settings,
     WebSettings,
 )
@@ -36,6 +37,10 @@ YAML_PATHS = {
     "licence_db": "CORRAL.databases.licence",
     "cleanup_db": "CORRAL.databases.cleanup",
 }
+
+SECTIONS: dict[str, type[WebSettings] | type[NotificationSettings]] = {
+    "web": WebSettings, "notifications": NotificationSettings}
+"""Settings that are sections of their own in the file, each setting in them a row."""
 
 
 def yaml_path(field: str) -> str:
@@ -105,15 +110,16 @@ def render_reference(config_text: str | None = None) -> str:
                                   else DEFAULT_CONFIG_PATH.read_text())
     rows = []
     for name, field in Settings.model_fields.items():
-        if name == "web":  # the monitor's own section, then one row per setting in it
-            rows.append([_code("CORRAL.web"), "", "(section)", "see the rows below",
+        if name in SECTIONS:  # a section of its own, then one row per setting in it
+            rows.append([_code(f"CORRAL.{name}"), "", "(section)", "see the rows below",
                          _one_line(field.description)])
-            for web_name, web_field in WebSettings.model_fields.items():
-                path = f"CORRAL.web.{web_name}"
+            for inner_name, inner_field in SECTIONS[name].model_fields.items():
+                path = f"CORRAL.{name}.{inner_name}"
                 variable, default = entries.get(path, (None, ""))
                 rows.append([_code(path), _code(variable or ""),
-                             _code(default) if default else "(empty)", _constraint(web_field),
-                             _one_line(web_field.description)])
+                             _code(default) if default else "(empty)",
+                             _constraint(inner_field) if inner_name != "hooks" else "see meaning",
+                             _one_line(inner_field.description)])
             continue
         path = yaml_path(name)
         variable, default = entries.get(path, (None, ""))

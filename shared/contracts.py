@@ -14,8 +14,9 @@ class SchedulerRpc(Protocol):
 
     def get_job(self, job_id: int, task_limit: int = 1000,
                 task_offset: int = 0) -> dict[str, Any]:
-        """A job with `counts` by task state, `completed` (done tasks plus running progress), `eta_seconds`
-        and a page of its tasks (`task_limit` 0: none)."""
+        """A job with `counts` by task state, `completed` (done tasks plus running progress), `eta_seconds`,
+        a page of its tasks (`task_limit` 0: none), its `notify` targets and its `notifications`
+        (each delivery: event, target, state pending/delivered/failed, tries, last answer)."""
 
     def list_jobs(self, state: str | None = None, user: str | None = None, page: int = 1,
                   page_size: int = 50, name_pattern: str | None = None) -> dict[str, Any]:
@@ -275,4 +276,6 @@ class CleanupRpc(Protocol):
 
     def read_log(self, task_id: int, attempt: int | None = None, offset: int = 0,
                  limit: int = 65536) -> dict[str, Any]:
-        """A page of a task attempt's log from `offset` (the latest attempt unless one is named)."""
+        """A page of a task attempt's log from `offset` (the latest attempt unless one is named);
+        `cut` when `offset` is past the end because the log was capped meanwhile (the page then
+        starts at the new end)."""

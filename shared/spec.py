@@ -25,6 +25,7 @@ from shared.bands import Band, band_for_priority
 from shared.errors import InvalidSpec
 from shared.frames import Chunk, chunk_frames, count_frames, parse_frame_range, substitute
 from shared.licences import parse_licence_needs
+from shared.notify import NotifySpec, job_targets
 from shared.resources import parse_size
 from shared.retention import RetentionSpec
 
@@ -163,6 +164,8 @@ class JobSpec(BaseModel):
     """Keep the job's logs, results, scratch and record for good (the cleanup service skips it)."""
     retention: RetentionSpec | None = None
     """The job's own delays (seconds after it ended, or "never") instead of the farm's."""
+    notify: NotifySpec | None = None
+    """Webhooks and e-mail addresses told of the job's end (README: Notifications)."""
 
     @field_validator("name")
     @classmethod
@@ -260,6 +263,8 @@ class JobPlan:
     keep: bool = False
     retention: dict[str, float | str] | None = None
     """Only the kinds the spec named: kind -> seconds, or "never"."""
+    notify: tuple[dict[str, Any], ...] = ()
+    """Targets told of the job's end: {kind, address, events, source} (shared.notify)."""
 
 
 def _field_path(location: Iterable[Any]) -> str:
@@ -282,8 +287,11 @@ def _describe(error: dict[str, Any]) -> str:
 
 
 def validate_job_spec(raw: Any, bands: Iterable[Band], *, max_env_bytes: int,
-                      max_tasks: int) -> JobPlan:
-    """Turn untrusted spec data into a JobPlan, or raise InvalidSpec naming the first bad field."""
+                      max_tasks: int, can_email: bool = False) -> JobPlan:
+    """Turn untrusted spec data into a JobPlan, or raise InvalidSpec naming the first bad field.
+
+    `can_email`: the farm has an SMTP server, so `notify.emails` may be given.
+    """
     if not isinstance(raw, dict):
         raise InvalidSpec(f"spec: must be a JSON object, got {type(raw).__name__}")
     check_plain_data(raw)
@@ -302,6 +310,9 @@ def validate_job_spec(raw: Any, bands: Iterable[Band], *, max_env_bytes: int,
     _check_env_size("env", spec.env, max_env_bytes)
     if len(set(spec.depends_on)) != len(spec.depends_on):
         raise InvalidSpec("depends_on: a job is listed twice")
+    if spec.notify is not None and spec.notify.emails and not can_email:
+        raise InvalidSpec("notify.emails: this farm has no SMTP server configured "
+                          "(CORRAL.notifications.smtp_host); use notify.webhooks")
     if spec.tasks is not None:
         tasks = _plan_tasks(spec, max_env_bytes)
     else:
@@ -313,7 +324,8 @@ def validate_job_spec(raw: Any, bands: Iterable[Band], *, max_env_bytes: int,
                    max_host_failures=spec.max_host_failures,
                    submission_key=spec.submission_key, keep=spec.keep,
                    retention=(spec.retention.model_dump(exclude_none=True) or None
-                              if spec.retention is not None else None))
+                              if spec.retention is not None else None),
+                   notify=job_targets(spec.notify))
 
 
 def _defaults(spec: JobSpec, item: _Runnable, path: str,

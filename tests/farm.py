@@ -1,5 +1,6 @@
 """A real farm for tests and benchmarks: nameko services and workers as processes on one vhost."""
 
+import contextlib
 import os
 import signal
 import socket
@@ -8,7 +9,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -287,3 +288,18 @@ def host_free(farm: Farm) -> tuple[float, int] | None:
 def wait_until(path: Path) -> list[str]:
     """A task that runs until `path` exists: a test decides when it ends."""
     return ["sh", "-c", f"while [ ! -e {path} ]; do sleep 0.05; done"]
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(directory: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of `size` (e.g. "20m") mounted on a new `directory`, unmounted afterwards: a
+    small disk that fills up for real."""
+    directory.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs",
+                              str(directory)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        raise RuntimeError(f"mounting a tmpfs on {directory} failed: {mounted.stderr}")
+    try:
+        yield directory
+    finally:
+        subprocess.run(["umount", "-l", str(directory)], check=True)

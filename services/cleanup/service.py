@@ -154,10 +154,14 @@ class CleanupService(Authenticated):
         root = self.core.sweeper.root
         relative = logs.log_location(root, task, chosen)
         data, size = logs.read_page(root, relative, int(offset), int(limit))
-        return {"task_id": int(task_id), "attempt": chosen["number"], "offset": int(offset),
-                "next_offset": int(offset) + len(data), "size": size,
+        # Past the end: the log was capped (its middle cut out) since the follower's last page;
+        # it goes on from the new end.
+        cut = int(offset) > size
+        start = size if cut else int(offset)
+        return {"task_id": int(task_id), "attempt": chosen["number"], "offset": start,
+                "next_offset": start + len(data), "size": size,
                 "data": data.decode("utf-8", errors="replace"),
-                "finished": chosen["state"] != "running"}
+                "finished": chosen["state"] != "running", "cut": cut}
 
     # --- timers ---------------------------------------------------------------------------------
 

@@ -100,6 +100,9 @@ def log(task_id: int, config: Path | None = ConfigOption,
         offset = 0
         while True:
             page = _call(rpc.cleanup.read_log, task_id, attempt, offset)
+            if page.get("cut"):
+                err_console.print("[yellow]corral: the log passed its cap (log_max_bytes) and "
+                                  "its middle was cut out; following on from its end[/yellow]")
             if page["data"]:
                 typer.echo(page["data"], nl=False)
             offset = page["next_offset"]

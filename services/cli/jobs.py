@@ -62,6 +62,18 @@ def _job_table(job: dict[str, Any]) -> Table:
     return table
 
 
+def _notifications_table(job: dict[str, Any]) -> Table:
+    """Each delivery of the job's notifications and how it went."""
+    table = Table("notification", "event", "to", "state", "tries", "last answer")
+    for delivery in job.get("notifications") or ():
+        last = delivery["last_error"] or (str(delivery["last_status"])
+                                          if delivery["last_status"] is not None else "")
+        table.add_row(str(delivery["id"]), delivery["event"],
+                      f"{delivery['kind']} {delivery['target']}", delivery["state"],
+                      str(delivery["tries"]), last[:60])
+    return table
+
+
 def _eta(job: dict[str, Any]) -> str:
     seconds = job.get("eta_seconds")
     return "" if seconds is None else f"eta {int(seconds) // 60}m{int(seconds) % 60:02d}s"
@@ -110,6 +122,8 @@ def job(job_id: int, config: Path | None = ConfigOption,
     console.print(f"job [bold]{data['id']}[/bold] {data['name']} ({data['user']}): "
                   f"[bold]{data['state']}[/bold]  counts {data['counts']}")
     console.print(_job_table(data))
+    if data.get("notifications"):
+        console.print(_notifications_table(data))
 
 
 @app.command()

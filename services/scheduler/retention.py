@@ -10,6 +10,7 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, delete, or_, select, update
 from sqlmodel import col
 
+from services.scheduler import notifications
 from services.scheduler.store import (
     Attempt,
     Job,
@@ -70,6 +71,7 @@ def purge_jobs(store: Store, finished_before: float, job_ids: Sequence[int] | No
             session.execute(delete(Attempt).where(col(Attempt.task_id).in_(task_ids)))
             session.execute(delete(TaskDependency).where(col(TaskDependency.task_id).in_(task_ids)))
             session.execute(delete(Task).where(col(Task.job_id).in_(ids)))
+            notifications.forget_jobs(session, ids)
             session.execute(delete(Job).where(col(Job.id).in_(ids)))
     return {"purged": ids}
 

@@ -7,6 +7,7 @@ services.scheduler.dispatch, and the in-process release loop in services.schedul
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import socket
 import time
@@ -28,6 +29,7 @@ from services.scheduler import retention as retention_ops
 from services.scheduler import stats as farm_stats_ops
 from services.scheduler import store as store_ops
 from services.scheduler.dispatcher import Dispatcher
+from services.scheduler.notify_sender import NotificationSender
 from services.scheduler.ownership import (
     env_for_owner,
     job_owner,
@@ -41,6 +43,7 @@ from shared.contracts import LicenseRpc, NegotiatorRpc, RegistryRpc, SchedulerRp
 from shared.db import Store, create_db_engine
 from shared.errors import EXPECTED_EXCEPTIONS, CorralError, InvalidSpec, NotFound, StaleLease
 from shared.identity import Role
+from shared.notify import studio_targets
 from shared.redact import redacted
 from shared.retention import StorageChanged
 from shared.spec import JobPlan, validate_job_spec
@@ -64,14 +67,20 @@ class SchedulerCore(DependencyProvider):
                       migrations="scheduler")
         store.migrate()
         self.dispatcher = Dispatcher(settings, store, self.container.spawn_managed_thread)
+        notify = settings.notifications
+        self.sender = NotificationSender(notify, notify.monitor_url or f"http://{settings.web.bind}",
+                                         store, self.dispatcher.troubles)
 
     def start(self) -> None:
         extended = store_ops.extend_all_leases(self.dispatcher.store,
                                                self.dispatcher.settings.lease_seconds)
         if extended:
             log.info("gave %d running tasks one lease of grace after start-up", extended)
+        # Its own green thread: a slow receiver never holds up RPC, reports or release passes.
+        self.sender.start(self.container.spawn_managed_thread)
 
     def stop(self) -> None:
+        self.sender.stop()
         self.dispatcher.publisher.close()
         self.dispatcher.side_publisher.close()
         self.dispatcher.store.dispose()
@@ -105,7 +114,12 @@ class SchedulerService(Authenticated):
     def submit_job(self, spec: dict[str, Any]) -> dict[str, Any]:
         settings = self.core.settings
         plan = validate_job_spec(spec, settings.bands, max_env_bytes=settings.max_env_bytes,
-                                 max_tasks=settings.max_tasks_per_job)
+                                 max_tasks=settings.max_tasks_per_job,
+                                 can_email=bool(settings.notifications.smtp_host))
+        if settings.notifications.hooks:
+            # The studio's hooks are fixed on the job now, beside its own targets.
+            plan = dataclasses.replace(
+                plan, notify=plan.notify + studio_targets(settings.notifications.hooks))
         self._check_licences(plan)
         outcome = store_ops.submit_job(self.core.store, plan, settings.max_queued_per_user)
         self.core.request_release()

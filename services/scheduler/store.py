@@ -16,9 +16,10 @@ from typing import Any
 
 from sqlalchemy import Index, and_, false, func, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, registry
-from sqlmodel import Field, SQLModel
+from sqlalchemy.orm import Session
+from sqlmodel import Field
 
+from services.scheduler import notifications
 from services.scheduler.dispatch import (
     Amounts,
     Candidate,
@@ -33,15 +34,13 @@ from services.scheduler.dispatch import (
     wanted_queues,
 )
 from services.scheduler.refusals import RefusalPolicy
+from services.scheduler.tables import SchedulerTable as SchedulerTable  # its tables' base
 from shared import audit, events
 from shared.db import Store
 from shared.errors import InvalidSpec, InvalidState, LimitExceeded, NotFound, StaleLease
+from shared.notify import shown_address
 from shared.redact import fingerprint
 from shared.spec import JobPlan
-
-
-class SchedulerTable(SQLModel, registry=registry()):
-    """Base of the scheduler's tables: their own metadata, created in the scheduler's database."""
 
 
 class JobState(StrEnum):
@@ -102,6 +101,7 @@ class Job(SchedulerTable, table=True):
     # What the cleanup service keeps of it once it ended (told in its job_finished event).
     keep: bool = Field(default=False, sa_column_kwargs={"server_default": false()})
     retention: str | None = None  # JSON {kind: seconds or "never"}, the spec's own delays
+    notify: str | None = None  # JSON list of targets told of its end (shared.notify)
 
 
 class Task(SchedulerTable, table=True):
@@ -216,6 +216,10 @@ def _job_dict(job: Job, counts: dict[str, int] | None = None) -> dict[str, Any]:
     data = job.model_dump(mode="json")
     data["depends_on"] = json.loads(job.depends_on)  # stored as JSON text; sent as a list
     data["retention"] = json.loads(job.retention) if job.retention else None
+    # A webhook's URL may hold its own secret: only its scheme and host are shown.
+    data["notify"] = [{"kind": t["kind"], "target": shown_address(t["kind"], t["address"]),
+                       "events": t["events"], "source": t["source"]}
+                      for t in (json.loads(job.notify) if job.notify else [])]
     if counts is not None:
         data["counts"] = counts
     return data
@@ -309,7 +313,8 @@ def _submit_job(store: Store, plan: JobPlan, max_queued_per_user: int | None) ->
                   depends_on=json.dumps(list(plan.depends_on_jobs)),
                   max_host_failures=plan.max_host_failures,
                   submission_key=plan.submission_key, created_at=now, keep=plan.keep,
-                  retention=json.dumps(plan.retention) if plan.retention else None)
+                  retention=json.dumps(plan.retention) if plan.retention else None,
+                  notify=json.dumps(list(plan.notify)) if plan.notify else None)
         session.add(job)
         session.flush()
         assert job.id is not None
@@ -620,6 +625,7 @@ def end_unservable(store: Store, workers: Iterable[IdleWorker]) -> Outcome:
                     Task.job_id == job_id, Task.pool == pool, Task.band == band,
                     Task.state == TaskState.QUEUED)):
                 task.state, task.reason, task.finished_at = TaskState.FAILED, why, now
+                _note_failure_for_good(session, task, now)
                 failed += 1
                 emitted.append((events.TASK_FAILED, {
                     "task_id": task.id, "job_id": job_id, "attempt": task.attempt,
@@ -814,7 +820,24 @@ def _finish_job_if_complete(session: Session, job_id: int,
     job.finished_at = now
     if job.state == JobState.DONE:
         _queue_if_ready(session, _dependents_of_job(session, job_id), now)
+    if job.notify:
+        notifications.job_ended(session, job, job_counts(session, [job_id])[job_id], now)
     return [job_finished_event(job)]
+
+
+def _note_failure_for_good(session: Session, task: Task, now: float) -> None:
+    """Tell those who asked that the job's first task failed for good (once per failing
+    streak: a retried job's next first failure is told again)."""
+    job = session.get(Job, task.job_id)
+    if job is None or not job.notify:
+        return
+    failed = session.scalar(select(func.count()).where(Task.job_id == task.job_id,
+                                                       Task.state == TaskState.FAILED))
+    if failed == 1:
+        notifications.first_task_failed(
+            session, job, job_counts(session, [task.job_id])[task.job_id],
+            {"task_id": task.id, "name": task.name, "exit_code": task.exit_code,
+             "reason": task.reason}, now)
 
 
 def job_finished_event(job: Job) -> tuple[str, dict[str, Any]]:
@@ -933,6 +956,7 @@ def finish_task(store: Store, task_id: int, lease_token: str, exit_code: int | N
                 task.finished_at = now
                 session.flush()
                 _queue_if_ready(session, _dependents_of_task(session, task), now)
+                _note_failure_for_good(session, task, now)
                 emitted.append((events.TASK_FAILED, {**base, "reason": why, "will_retry": False}))
         emitted.extend(_finish_job_if_complete(session, task.job_id, now))
         return Outcome({"task_id": task_id, "state": task.state}, emitted)
@@ -1068,6 +1092,8 @@ def cancel_job(store: Store, job_id: int) -> Outcome:
         killed = _cancel_tasks(session, tasks, now)
         job.state = JobState.CANCELLED
         job.finished_at = now
+        if job.notify:
+            notifications.job_ended(session, job, job_counts(session, [job_id])[job_id], now)
         emitted = [(events.TASK_CANCELLED, k) for k in killed]
         emitted.append(job_finished_event(job))
         return Outcome({"job_id": job_id, "state": job.state, "cancelled_tasks": len(tasks)},
@@ -1376,6 +1402,7 @@ def get_job(store: Store, job_id: int, task_limit: int = 1000,
         data["completed"] = round(counts.get(TaskState.DONE, 0)
                                   + sum(row[0] for row in running) / 100, 2)
         data["eta_seconds"] = _eta(session, job_id, counts, running, store.now(session))
+        data["notifications"] = notifications.deliveries_of_job(session, job_id)
         if task_limit > 0:
             tasks = session.scalars(select(Task).where(Task.job_id == job_id)
                                     .order_by(Task.index).offset(task_offset)  # type: ignore[arg-type]

@@ -463,6 +463,8 @@ class Worker:
                       result_path=task_result_path(storage, claim["job_id"], claim["task_id"],
                                                    claim["attempt"]),
                       marker=f"{self.worker_id}.{name}", attempts_dir=self._attempts_dir,
+                      log_max_bytes=self.settings.log_max_bytes,
+                      log_head_bytes=self.settings.log_head_bytes,
                       cgroup_base=self._cgroup_base)
         run.fence_at(self._fence_deadline(self._claim_sent_at))
         if bookings is None:

@@ -92,6 +92,9 @@ class TaskRun:
     started_at: float | None = None
     ended_at: float | None = None
     pid: int | None = None
+    log_max_bytes: int = 0
+    """The log's cap (0: none): past it the supervisor cuts its middle out (see CappedLog)."""
+    log_head_bytes: int = 0
     marker: str = ""
     """Carried by every process of the attempt (CORRAL_RUN), to find what a lost one left."""
     attempts_dir: Path | None = None
@@ -113,6 +116,8 @@ class TaskRun:
         try:
             with open(self.log_path, "rb") as log:
                 size = os.fstat(log.fileno()).st_size
+                if size < self._scanned:
+                    self._scanned = 0  # its middle was cut out (CappedLog): read the new end
                 self._scanned = max(self._scanned, size - SCAN_BUDGET)
                 log.seek(self._scanned)
                 while chunk := log.read(SCAN_CHUNK):
@@ -193,7 +198,8 @@ class TaskRun:
                   if self.cgroup_base is not None and self.marker else None)
         nice = self.nice
         self._tell({"argv": self.argv(), "env": env, "cwd": self.cwd, "log": str(self.log_path),
-                    "nice": nice, "cgroup": cgroup})
+                    "nice": nice, "cgroup": cgroup, "log_max": self.log_max_bytes,
+                    "log_head": self.log_head_bytes})
         if self._deadline is not None:
             self._tell({"deadline": self._deadline})
         if self._kill_reason is not None:
@@ -236,6 +242,8 @@ class TaskRun:
             self._kill_reason = self._kill_reason or FENCED
         if self._kill_reason:
             self.reason = self._kill_reason
+        elif ended.get("log_error"):
+            self.reason = str(ended["log_error"])  # stopped: its output could not be kept
         elif self.exit_code is None:
             self.reason = "the attempt's supervisor died"
         elif self.exit_code < 0:

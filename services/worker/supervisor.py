@@ -7,11 +7,16 @@ exits, is killed, passes its fencing deadline, or the worker dies (its stdin clo
 every descendant: through the attempt's cgroup v2 (`cgroup.kill`) when it was given one, and by
 walking /proc for its descendants until none is left.
 
+The payload's output goes to its log. With `log_max` (bytes, 0 for no cap) it goes through a pipe
+the supervisor copies into a `CappedLog`: past the cap the middle is cut out, keeping the first
+`log_head` bytes, a line saying how much was cut, and the latest output.
+
 Protocol, one JSON object per line. On stdin, from the worker: first the payload
-`{"argv", "env", "cwd", "log", "nice", "cgroup"}`, then any of `{"deadline": T}` (kill at
-time.monotonic() T unless moved again) and `{"kill": true}`. On stdout, to the worker:
-`{"started": pid}` or `{"error": text}`, then `{"exit": code, "fenced": bool}` where a code
-below zero is the signal that ended the payload, as in subprocess.
+`{"argv", "env", "cwd", "log", "nice", "cgroup", "log_max", "log_head"}`, then any of
+`{"deadline": T}` (kill at time.monotonic() T unless moved again) and `{"kill": true}`. On
+stdout, to the worker: `{"started": pid}` or `{"error": text}`, then `{"exit": code, "fenced":
+bool, "log_error": text or null}` where a code below zero is the signal that ended the payload,
+as in subprocess.
 """
 
 from __future__ import annotations
@@ -66,6 +71,63 @@ def descendants(root: int) -> list[tuple[int, bool]]:
     return found
 
 
+class CappedLog:
+    """A task log kept under its cap: once it passes `limit` and half its tail again, the
+    middle is cut out, leaving the first `head` bytes, a line saying how many bytes were cut,
+    and the latest output (from a line's start), so the log stays at about `limit` bytes.
+
+    The cut file is written beside the log and renamed over it, so a reader opening the log
+    sees either the old file or the new one, never a half-written one.
+    """
+
+    def __init__(self, path: str, limit: int, head: int) -> None:
+        self.path, self.limit, self.head = path, limit, min(head, limit // 2)
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self.cut = 0
+        self.marker = b""
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view):]
+        if os.fstat(self.fd).st_size > self.limit + (self.limit - self.head) // 2:
+            self._trim()
+
+    def _marker(self, cut: int) -> bytes:
+        return (f"\n[corral: {cut} bytes of output cut here; this log keeps its first "
+                f"{self.head} bytes and its last output, {self.limit} bytes in all "
+                "(log_max_bytes)]\n").encode()
+
+    def _trim(self) -> None:
+        size = os.fstat(self.fd).st_size
+        cut = self.cut
+        marker = self._marker(cut + size)  # as long as any marker this trim can need
+        keep = max(0, self.limit - self.head - len(marker))
+        start = max(self.head + len(self.marker), size - keep)
+        with open(self.path, "rb") as log:
+            log.seek(start)
+            newline = log.read(4096).find(b"\n")  # begin the kept part at a line's start
+            if 0 <= newline < keep:
+                start += newline + 1
+            cut += start - self.head - len(self.marker)
+            marker = self._marker(cut)
+            part = self.path + ".cutting"
+            with open(part, "wb") as out:
+                log.seek(0)
+                out.write(log.read(self.head))
+                out.write(marker)
+                log.seek(start)
+                while chunk := log.read(1 << 20):
+                    out.write(chunk)
+        os.replace(part, self.path)
+        os.close(self.fd)
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        self.cut, self.marker = cut, marker
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
 class Payload:
     """The payload process and its whole tree, from start to the last descendant's death."""
 
@@ -74,11 +136,21 @@ class Payload:
         self.cgroup: str | None = spec.get("cgroup")
         self.pid = 0
         self.status: int | None = None
+        self.capped: CappedLog | None = None
+        self.output: int | None = None  # the read end of the payload's output pipe, when capped
+        self.log_error: str | None = None
 
     def start(self) -> str | None:
         """Fork and exec the payload; the reason it could not start, or None."""
         try:
             log = os.open(self.spec["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            if self.spec.get("log_max"):
+                # Capped: the payload writes into a pipe that `copy_output` empties into the log.
+                self.capped = CappedLog(self.spec["log"], int(self.spec["log_max"]),
+                                        int(self.spec.get("log_head") or 0))
+                os.close(log)
+                self.output, log = os.pipe()
+                os.set_blocking(self.output, False)
         except OSError as exc:
             return f"could not write the log: {_strerror(exc)}"
         if self.cgroup is not None:
@@ -113,6 +185,8 @@ class Payload:
             _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
             if self.spec.get("nice"):
                 os.nice(int(self.spec["nice"]))
+            if self.output is not None:
+                os.close(self.output)
             null = os.open(os.devnull, os.O_RDONLY)
             os.dup2(null, 0)
             os.dup2(log, 1)
@@ -130,6 +204,33 @@ class Payload:
                 os.write(failed, f"could not start {program!r}: {why}".encode())
             finally:
                 os._exit(127)
+
+    def copy_output(self, until_eof: bool = False) -> None:
+        """Move what the payload wrote into the capped log: what is in the pipe now, or with
+        `until_eof` everything until the last writer has gone (only once none is left)."""
+        if self.output is None or self.capped is None:
+            return
+        give_up = time.monotonic() + 5  # a writer stuck in the kernel cannot hold us
+        while True:
+            try:
+                chunk = os.read(self.output, 1 << 16)
+            except BlockingIOError:
+                if not until_eof or time.monotonic() > give_up:
+                    return
+                time.sleep(0.001)
+                continue
+            if not chunk:
+                os.close(self.output)
+                self.output = None
+                self.capped.close()
+                return
+            try:
+                self.capped.write(chunk)
+            except OSError as exc:  # a full disk: the payload is stopped, the attempt fails
+                self.log_error = f"could not write the log: {_strerror(exc)}"
+                os.close(self.output)
+                self.output = None
+                return
 
     def reap(self) -> None:
         """Collect every ended child; the payload's own status is kept."""
@@ -207,12 +308,17 @@ def main() -> int:
         if payload.status is not None:
             break
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        watched = [0, wake_read] + ([payload.output] if payload.output is not None else [])
         try:
-            ready, _, _ = select.select([0, wake_read], [], [], timeout)
+            ready, _, _ = select.select(watched, [], [], timeout)
         except InterruptedError:
             continue
         if wake_read in ready:
             os.read(wake_read, 4096)
+        if payload.output is not None and payload.output in ready:
+            payload.copy_output()
+            if payload.log_error:
+                break  # its output cannot be kept: the attempt fails now, saying why
         if deadline is not None and time.monotonic() >= deadline:
             fenced = True
             break
@@ -230,10 +336,12 @@ def main() -> int:
                 break
             if "deadline" in message:
                 deadline = float(message["deadline"])
+    payload.copy_output()  # what the payload wrote before it ended
     payload.kill_tree()
+    payload.copy_output(until_eof=True)  # and what its descendants wrote before they died
     try:
         _say({"exit": payload.status if payload.status is not None else -signal.SIGKILL,
-              "fenced": fenced})
+              "fenced": fenced, "log_error": payload.log_error})
     except OSError:
         pass  # the worker is gone; there is nobody to tell
     return 0

@@ -14,7 +14,7 @@ import pytest
 from kombu import Connection, Exchange, Queue
 
 from shared.errors import NotFound
-from tests.farm import CONFIG, ROOT, Farm, wait_until
+from tests.farm import CONFIG, ROOT, Farm, mounted_tmpfs, wait_until
 
 
 def start(farm: Farm, workers: int = 1, **env: str) -> None:
@@ -219,19 +219,35 @@ def test_corral_log_follow_shows_lines_as_a_running_task_prints_them(
     assert whole.stdout == "first line\nsecond line\n"
 
 
+def test_a_followed_log_that_passes_its_cap_goes_on_from_its_new_end(
+        farm: Farm, tmp_path: Path) -> None:
+    start(farm, CORRAL_LOG_MAX_BYTES="65536", CORRAL_LOG_HEAD_BYTES="4096")
+    release = tmp_path / "release"
+    script = (f"echo first line; while [ ! -e {release} ]; do sleep 0.05; done; "
+              "seq 1 40000; echo last line")
+    job = farm.submit([{"command": ["sh", "-c", script]}])
+    task_id = farm.wait_for(lambda: (lambda t: t["id"] if t["state"] == "running" else None)(
+        first_task(farm, job["id"])), 20, "the task to run")
+    page = farm.wait_for(lambda: (lambda p: p if p["data"] else None)(
+        farm.rpc.cleanup.read_log(task_id, None, 0)), 20, "the first line")
+    assert page["data"] == "first line\n" and not page["cut"]
+    release.touch()
+    farm.wait_for_job(job["id"])
+    # A follower that had read far into the log before it was cut is told and goes on.
+    later = farm.rpc.cleanup.read_log(task_id, None, 10_000_000)
+    assert later["cut"] and later["offset"] == later["size"] and later["data"] == ""
+    whole = subprocess.run([sys.executable, "-m", "services.cli", "log", str(task_id),
+                            "--config", str(CONFIG)], env=farm.env, cwd=ROOT,
+                           capture_output=True, text=True, timeout=60).stdout
+    assert whole.startswith("first line\n1\n") and whole.endswith("40000\nlast line\n")
+    assert "bytes of output cut here" in whole and len(whole) <= 65536 * 3 // 2
+
+
 @pytest.fixture
 def small_storage(tmp_path: Path) -> Iterator[Path]:
     """A 20 MB tmpfs as the storage root, unmounted afterwards."""
-    root = tmp_path / "storage"
-    root.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(root)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.fail(f"mounting a tmpfs for the storage root failed: {mounted.stderr}")
-    try:
+    with mounted_tmpfs(tmp_path / "storage", "20m") as root:
         yield root
-    finally:
-        subprocess.run(["umount", "-l", str(root)], check=True)
 
 
 def test_a_storage_root_below_the_threshold_stops_new_work_and_why_says_so_until_freed(

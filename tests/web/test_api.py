@@ -7,6 +7,7 @@ import requests
 
 from shared.identity import Role
 from tests.farm import wait_until
+from tests.receivers import WebhookReceiver
 from tests.web.conftest import Monitor, start_farm_and_monitor
 
 
@@ -210,3 +211,28 @@ def test_draining_a_worker_says_clearly_when_the_registry_cannot_yet(
     assert reply.status_code in (200, 409), reply.text
     if reply.status_code == 409:
         assert "cannot drain or disable workers yet" in reply.json()["error"]
+
+
+def test_submit_accepts_notify_and_the_job_shows_its_deliveries(shared_monitor: Monitor) -> None:
+    with WebhookReceiver() as receiver:
+        job = _submit(shared_monitor, "ana", [{"command": ["true"]}],
+                      notify={"webhooks": [receiver.url], "events": ["done"]})
+        shared_monitor.farm.wait_for_job(job["id"])
+        shared_monitor.farm.wait_for(lambda: receiver.received, 20, "the webhook")
+
+        def delivered() -> list[dict]:
+            got = shared_monitor.call(None, "GET", f"/api/v1/jobs/{job['id']}").json()
+            return [n for n in got["notifications"] if n["state"] == "delivered"]
+
+        (delivery,) = shared_monitor.farm.wait_for(delivered, 10, "the delivery to be recorded")
+        assert (delivery["event"], delivery["kind"], delivery["tries"]) == ("done", "webhook", 1)
+        page = shared_monitor.call(None, "GET", f"/jobs/{job['id']}")
+        assert "Notifications" in page.text and "delivered" in page.text
+
+
+def test_a_bad_notify_is_refused_with_400_naming_the_field(shared_monitor: Monitor) -> None:
+    reply = shared_monitor.call(shared_monitor.as_("ana", Role.ARTIST), "POST", "/api/v1/jobs",
+                                json={"tasks": [{"command": ["true"]}],
+                                      "notify": {"webhooks": ["gopher://old"]}})
+    assert reply.status_code == 400
+    assert reply.json()["field"] == "body.notify.webhooks[0]"

@@ -1,6 +1,6 @@
 """task.licence_refusals: how many ends in a row said "no licence".
 
-Revision 0007, after 0006. A task that exits with one of the farm's "no licence" exit codes, or
+Revision 0008, after 0007. A task that exits with one of the farm's "no licence" exit codes, or
 prints one of its patterns, goes back to its queue uncharged after a delay that grows with this
 count (services.scheduler.refusals); existing tasks have had none.
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0007"
-down_revision = "0006"
+revision = "0008"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
