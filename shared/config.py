@@ -75,6 +75,9 @@ class LicencePoolConfig(BaseModel):
     """Seconds between two runs of the status command."""
     timeout: float = Field(default=20, gt=0)
     """Seconds the status command may take before it is killed (the pool keeps its last counts)."""
+    per_host: bool = False
+    """Count one seat per host (a node-locked licence, Tractor's BladeMax): every task on a host
+    holding a seat shares it. Applied at each start, to a pool made earlier too."""
 
     @model_validator(mode="after")
     def _one_source(self) -> LicencePoolConfig:
@@ -256,6 +259,20 @@ class Settings(BaseModel):
     """How often every service re-reads the list of revoked token ids from the registry."""
     login_ttl_seconds: float = Field(default=43200, gt=0)
     """How long a token made by `corral login` lasts."""
+    licence_refusal_exit_codes: tuple[int, ...] = ()
+    """Exit codes by which a task says it found no licence (OpenCue's 330): it goes back to its
+    queue uncharged, after `licence_refusal_delay_seconds`, growing with each refusal."""
+    licence_refusal_patterns: tuple[str, ...] = ()
+    """Regular expressions, any of which found in a failed task's log tail means it found no
+    licence, as an exit code of `licence_refusal_exit_codes` does."""
+    licence_refusal_delay_seconds: float = Field(default=30, ge=0)
+    """How long a task that found no licence waits before it runs again; doubled at each refusal
+    in a row, up to `licence_refusal_max_delay_seconds`."""
+    licence_refusal_max_delay_seconds: float = Field(default=600, ge=0)
+    """The longest wait between two tries of a task that keeps finding no licence."""
+    licence_refusal_limit: int = Field(default=20, ge=1)
+    """Refusals in a row after which one more counts as an ordinary failure (the task's retry
+    policy decides), so a task that always says so, for whatever reason, cannot loop for ever."""
     web: WebSettings = Field(default_factory=WebSettings)
     """The monitor's own settings (`CORRAL.web`): see the monitor's section of the README."""
     notifications: NotificationSettings = Field(default_factory=NotificationSettings)
@@ -311,6 +328,22 @@ class Settings(BaseModel):
     def _always_text(cls, value: Any) -> Any:
         # A substituted variable is parsed as YAML again: a secret of digits must stay text.
         return "" if value is None else str(value) if isinstance(value, int | float) else value
+
+    @field_validator("licence_refusal_exit_codes", "licence_refusal_patterns", mode="before")
+    @classmethod
+    def _empty_means_none(cls, value: Any) -> Any:
+        # Left empty, or its variable unset: no codes, no patterns.
+        return () if value is None or value == "" else value
+
+    @field_validator("licence_refusal_patterns", mode="after")
+    @classmethod
+    def _patterns_compile(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for pattern in value:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"{pattern!r} is not a regular expression: {exc}") from None
+        return value
 
     @field_validator("licences", mode="before")
     @classmethod

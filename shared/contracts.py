@@ -61,8 +61,8 @@ class SchedulerRpc(Protocol):
 
     def why_task(self, task_id: int) -> dict[str, Any]:
         """Why a task is where it is: `{state, code, reason}` (codes: dependency, retry_delay, no_worker,
-        host_excluded, no_host_fits, no_room, licence_*, queued, paused, dispatched, running, or its end
-        state)."""
+        host_excluded, no_host_fits, no_room, licence_* (licence_refused: it found no licence and waits
+        to run again, uncharged), queued, paused, dispatched, running, or its end state)."""
 
     def list_audit(self, since: float | None = None, actor: str | None = None,
                    limit: int = 100) -> list[dict[str, Any]]:
@@ -222,12 +222,15 @@ class NegotiatorRpc(Protocol):
 class LicenseRpc(Protocol):
     """RPC `license`: the studio's licence pools and the leases task attempts hold of them.
 
-    A pool view is `{name, total, in_use, external_in_use, free, source, synced_at, holders}`; a
-    lease is `{id, task_id, attempt, worker_id, licences, created_at}` with licences name -> count.
+    A pool view is `{name, total, in_use, external_in_use, free, usable, per_host, hosts, source,
+    synced_at, holders}` (`usable`: what a release pass may count on, see services.license.store);
+    a lease is `{id, task_id, attempt, worker_id, licences, created_at, host, lifetime}` with
+    licences name -> count.
     """
 
-    def set_pool(self, name: str, total: int) -> dict[str, Any]:
-        """Create a licence pool of `total` tokens, or change its count."""
+    def set_pool(self, name: str, total: int, per_host: bool | None = None) -> dict[str, Any]:
+        """Create a licence pool of `total` tokens, or change its count; `per_host`: one seat per
+        host covers every task on it (None: keep how it counts)."""
 
     def remove_pool(self, name: str) -> dict[str, Any] | None:
         """Remove a licence pool nobody holds; None when there is none of that name."""
@@ -243,8 +246,14 @@ class LicenseRpc(Protocol):
         """Wranglers: this service's own audit entries."""
 
     def acquire(self, lease_id: str, task_id: int, attempt: int, worker_id: str,
-                licences: dict[str, int] | list[str]) -> dict[str, Any] | None:
-        """Workers: lease a task attempt's licences, or None when they are not free."""
+                licences: dict[str, int] | list[str],
+                host: str | None = None) -> dict[str, Any] | None:
+        """Workers: lease a task attempt's licences on `host`, or None when they are not free."""
+
+    def hold_for_worker(self, lease_id: str, worker_id: str, host: str,
+                        licences: dict[str, int] | list[str]) -> dict[str, Any] | None:
+        """Workers: hold licences for the worker's whole life (returned when it leaves or is
+        lost), or None when they are not free."""
 
     def release(self, lease_id: str) -> dict[str, Any] | None:
         """Workers: give a licence lease back."""

@@ -113,7 +113,7 @@ def licences() -> Any:
 @endpoint(api, "PUT", "/licences/<name>", "Set a licence pool's count", role=Role.WRANGLER,
           body=LicenceBody)
 def set_licence(name: str, body: LicenceBody) -> Any:
-    return call("license", "set_pool", name=name, total=body.total)
+    return call("license", "set_pool", name=name, total=body.total, per_host=body.per_host)
 
 
 @endpoint(api, "DELETE", "/licences/<name>", "Remove a licence pool", role=Role.WRANGLER)

@@ -84,6 +84,7 @@ class WorkerStateBody(_Model):
 
 class LicenceBody(_Model):
     total: StrictInt = Field(ge=0, le=1_000_000)
+    per_host: StrictBool | None = None
 
 
 class LoginBody(_Model):

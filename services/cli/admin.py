@@ -37,22 +37,35 @@ def licences(ctx: typer.Context, config: Path | None = ConfigOption,
     if as_json:
         _print_json(listing)
         return
-    table = Table("licence", "total", "in use", "external", "free", "source", "synced")
+    table = Table("licence", "total", "in use", "external", "free", "source", "synced", "per")
+    notes = []
     for pool in listing:
         table.add_row(pool["name"], str(pool["total"]), str(pool["in_use"]),
                       str(pool["external_in_use"]), str(pool["free"]), pool["source"],
-                      _ago(pool["synced_at"]))
+                      _ago(pool["synced_at"]), "host" if pool.get("per_host") else "task")
+        if pool.get("hosts"):
+            notes.append(f"{pool['name']}: seats held on {', '.join(pool['hosts'])}")
+        lifetime = [holder["worker_id"] for holder in pool["holders"] if holder.get("lifetime")]
+        if lifetime:
+            notes.append(f"{pool['name']}: held for life by {', '.join(lifetime)}")
     console.print(table)
+    for note in notes:
+        console.print(note, highlight=False)
 
 
 @licences_app.command("set")
 def licences_set(name: str = typer.Argument(..., metavar="NAME"),
                  count: int = typer.Argument(..., metavar="COUNT"),
+                 per_host: bool | None = typer.Option(
+                     None, "--per-host/--per-task",
+                     help="Count one seat per host (a node-locked licence covers every task on "
+                          "it), or one per task (the default for a new pool; unchanged if not "
+                          "given)."),
                  config: Path | None = ConfigOption, as_json: bool = JsonOption) -> None:
     """Create a licence pool of COUNT tokens, or change its count (running leases are kept)."""
     with rpc_client(_settings(config)) as rpc:
         try:
-            pool = rpc.license.set_pool(name, count)
+            pool = rpc.license.set_pool(name, count, per_host)
         except CorralError as exc:
             _fail(exc)
     if as_json:

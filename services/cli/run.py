@@ -94,8 +94,13 @@ def worker(config: Path | None = ConfigOption,
                None, "--name", help="Its name on this host, kept across restarts: a drain or "
                                     "disable holds for the next worker of this name and host "
                                     "(default: <pool>-<n>, the lowest n free on this host)."),
+           hold_licence: list[str] = typer.Option(
+               [], "--hold-licence",
+               help="Hold this licence (NAME or NAME=COUNT) from start to exit; take work only "
+                    "while holding it. Repeatable."),
            ) -> None:
     """Run one worker here: one payload at a time from the pool's band queues."""
+    from services.worker.held_licence import parse_hold_option
     from services.worker.main import DrainMode, run_worker
     from shared.resources import detect_host_totals
 
@@ -110,7 +115,7 @@ def worker(config: Path | None = ConfigOption,
         host_name = host or socket.gethostname()
         totals = detect_host_totals(host_name, cores, memory, gpus)
         run_worker(settings, pool, band_list, mode, niceness, memory_headroom, totals, host_name,
-                   max_tasks, name)
+                   max_tasks, name, parse_hold_option(hold_licence))
     except (ValueError, CorralError) as exc:
         _fail(exc)
 
@@ -152,6 +157,10 @@ def worker_pool(config: Path | None = ConfigOption,
                 gpus: int | None = typer.Option(None, help="This host's GPUs (default: NVML)."),
                 host: str | None = HostOption,
                 max_tasks: int = MaxTasksOption,
+                hold_licence: list[str] = typer.Option(
+                    [], "--hold-licence",
+                    help="Each worker holds this licence (NAME or NAME=COUNT) from its start to "
+                         "its exit. Repeatable."),
                 ) -> None:
     """Run workers on this host as work needs them: one more whenever the last idle one takes a
     task (up to --max-workers, while the host has free cores and memory); idle extras stop."""
@@ -167,5 +176,6 @@ def worker_pool(config: Path | None = ConfigOption,
         _fail(exc)
     template = WorkerTemplate(pool=pool, bands=[b for b in bands.split(",") if b], host=host_name,
                               config=config.resolve() if config else None, cores=cores,
-                              memory=memory, gpus=gpus, max_tasks=max_tasks)
+                              memory=memory, gpus=gpus, max_tasks=max_tasks,
+                              hold_licences=tuple(hold_licence))
     raise typer.Exit(run_pool(settings, limits, template, totals, stop_grace))

@@ -93,8 +93,9 @@ class LicenceState:
         try:
             view = store_ops.pool_view(self.store, name)
         except NotFound:
-            view = {"total": 0, "free": 0}  # a removed pool has nothing
-        return {"name": name, "total": view["total"], "free": view["free"]}
+            view = {"total": 0, "free": 0, "usable": 0}  # a removed pool has nothing
+        return {"name": name, "total": view["total"], "free": view["free"],
+                "usable": view["usable"]}
 
     def due_commands(self) -> list[StatusCommand]:
         """The status commands whose interval has passed, each then scheduled for its next."""
@@ -115,7 +116,7 @@ class LicenceCore(DependencyProvider):
         store.migrate()
         for name, pool in sorted(settings.licences.items()):
             # Only a missing pool: a count changed since (by hand or by a sync) is kept.
-            if store_ops.ensure_pool(store, name, pool.count or 0, pool.source):
+            if store_ops.ensure_pool(store, name, pool.count or 0, pool.source, pool.per_host):
                 log.info("created licence pool %s with %s", name, pool.count or 0)
         self.state = LicenceState(settings, store)
 
@@ -153,8 +154,8 @@ class LicenseService(holder_events.HolderService, Authenticated):
 
     @rpc(expected_exceptions=EXPECTED_EXCEPTIONS)
     @allow(Role.WRANGLER, audit="licence pool {name}")
-    def set_pool(self, name: str, total: int) -> dict[str, Any]:
-        view = store_ops.set_pool(self.core.store, name, total)
+    def set_pool(self, name: str, total: int, per_host: bool | None = None) -> dict[str, Any]:
+        view = store_ops.set_pool(self.core.store, name, total, per_host=per_host)
         self._changed([view["name"]])
         return view
 
@@ -179,10 +180,23 @@ class LicenseService(holder_events.HolderService, Authenticated):
     @rpc(expected_exceptions=EXPECTED_EXCEPTIONS)
     @allow(Role.WORKER)
     def acquire(self, lease_id: str, task_id: int, attempt: int, worker_id: str,
-                licences: dict[str, int] | list[str]) -> dict[str, Any] | None:
+                licences: dict[str, int] | list[str],
+                host: str | None = None) -> dict[str, Any] | None:
         wanted = parse_licence_needs(licences, "licences")
         lease = store_ops.acquire(self.core.store, str(lease_id), int(task_id), int(attempt),
-                                  str(worker_id), wanted)
+                                  str(worker_id), wanted, host=host)
+        if lease is not None:
+            self._changed(lease["licences"])
+        return lease
+
+    @rpc(expected_exceptions=EXPECTED_EXCEPTIONS)
+    @allow(Role.WORKER)
+    def hold_for_worker(self, lease_id: str, worker_id: str, host: str,
+                        licences: dict[str, int] | list[str]) -> dict[str, Any] | None:
+        """A worker's seat for its whole life (`corral worker run --hold-licence`): task 0."""
+        wanted = parse_licence_needs(licences, "licences")
+        lease = store_ops.acquire(self.core.store, str(lease_id), 0, 0, str(worker_id), wanted,
+                                  host=host, lifetime=True)
         if lease is not None:
             self._changed(lease["licences"])
         return lease

@@ -3,7 +3,9 @@
 A pool is a named count of licence tokens: its total (set by hand, from config, or from the licence
 server), what Corral's leases hold of it, and what the licence server says is in use outside
 Corral (`external_in_use`, so an artist's interactive session is not handed to a render too).
-What is free is `max(0, total - in_use - external_in_use)`.
+What is free is `max(0, total - in_use - external_in_use)`. A pool may count per host (Tractor's
+BladeMax, a node-locked seat): then a host holds one seat however many of its tasks use it, and
+`in_use` is the number of hosts holding it (or more, for a lease asking several seats).
 
 A lease holds some of several pools for one task attempt on one worker, all or nothing. `acquire`
 locks the pools it wants (their rows, in name order, on PostgreSQL; the database's write lock on
@@ -11,6 +13,10 @@ SQLite), reads every lease, decides and inserts the new lease in one write trans
 acquire, whichever process or green thread makes it, can take the last token between the check and
 the booking. Nothing is kept in memory between calls, so a restarted service reads back exactly
 what was granted.
+
+A lease is held either by one task attempt or, with `lifetime`, by a worker from its start to its
+exit (Pixyz's LICENSE_ACQUIRE_AT_START, `corral worker run --hold-licence`); the latter has task 0 and
+goes when its worker leaves or is lost.
 
 Every change is safe to run twice: a lease id already held gets the same lease back, and releasing
 what is no longer held does nothing.
@@ -22,7 +28,7 @@ import json
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final, TypeVar
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, false, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, registry
 from sqlmodel import Field, SQLModel, col
@@ -51,6 +57,7 @@ class LicencePoolRecord(LicenceTable, table=True):
     total: int
     external_in_use: int = 0
     source: str = "manual"  # one of SOURCES: who set the total last
+    per_host: bool = Field(default=False, sa_column_kwargs={"server_default": false()})
     synced_at: float | None = None  # when the licence server was last read
     updated_at: float
 
@@ -66,6 +73,8 @@ class LicenceLeaseRecord(LicenceTable, table=True):
     worker_id: str = Field(index=True)
     holdings: str  # JSON object: licence name -> count
     created_at: float
+    host: str | None = None  # where it is used: what a per-host pool counts by
+    lifetime: bool = Field(default=False, sa_column_kwargs={"server_default": false()})
 
 
 # --- arguments ------------------------------------------------------------------------------------
@@ -92,7 +101,7 @@ def _holdings(record: LicenceLeaseRecord) -> dict[str, int]:
 def _lease_dict(record: LicenceLeaseRecord) -> dict[str, Any]:
     return {"id": record.id, "task_id": record.task_id, "attempt": record.attempt,
             "worker_id": record.worker_id, "licences": _holdings(record),
-            "created_at": record.created_at}
+            "created_at": record.created_at, "host": record.host, "lifetime": record.lifetime}
 
 
 def _leases(session: Session) -> list[LicenceLeaseRecord]:
@@ -101,26 +110,70 @@ def _leases(session: Session) -> list[LicenceLeaseRecord]:
         col(LicenceLeaseRecord.created_at), col(LicenceLeaseRecord.id))).all())
 
 
-def _in_use(leases: Iterable[LicenceLeaseRecord]) -> dict[str, int]:
+def _seat_of(lease: LicenceLeaseRecord) -> str:
+    # A lease that names no host is a machine of its own: it shares its seat with nobody.
+    return f"host {lease.host}" if lease.host is not None else f"lease {lease.id}"
+
+
+def _seats_by_host(name: str, leases: Iterable[LicenceLeaseRecord]) -> dict[str, int]:
+    """For a per-host pool: what each host holds of it, the most any one of its leases asks."""
+    seats: dict[str, int] = {}
+    for lease in leases:
+        count = _holdings(lease).get(name)
+        if count is not None:
+            seat = _seat_of(lease)
+            seats[seat] = max(seats.get(seat, 0), count)
+    return seats
+
+
+def _in_use(leases: Iterable[LicenceLeaseRecord],
+            per_host: Iterable[str] = ()) -> dict[str, int]:
+    """What the leases hold of each pool; a pool named in `per_host` counts its hosts' seats."""
+    leases = list(leases)
     used: dict[str, int] = {}
     for lease in leases:
         for name, count in _holdings(lease).items():
             used[name] = used.get(name, 0) + count
+    for name in set(per_host) & set(used):
+        used[name] = sum(_seats_by_host(name, leases).values())
     return used
+
+
+def _per_host_names(pools: Iterable[LicencePoolRecord]) -> list[str]:
+    return [pool.name for pool in pools if pool.per_host]
 
 
 def _free(pool: LicencePoolRecord, in_use: int) -> int:
     return max(0, pool.total - in_use - pool.external_in_use)
 
 
+def _needed(pool: LicencePoolRecord, count: int, host: str | None,
+            leases: Iterable[LicenceLeaseRecord]) -> int:
+    """How many more of the pool a new lease of `count` on `host` takes."""
+    if not pool.per_host or host is None:
+        return count
+    # The host's seat covers every task on it: only a larger ask than it holds takes more.
+    return max(0, count - _seats_by_host(pool.name, leases).get(f"host {host}", 0))
+
+
 def _pool_dict(pool: LicencePoolRecord, leases: Iterable[LicenceLeaseRecord]) -> dict[str, Any]:
+    holding = [lease for lease in leases if pool.name in _holdings(lease)]
     holders: list[dict[str, Any]] = [
         {"lease_id": lease.id, "task_id": lease.task_id, "attempt": lease.attempt,
-         "worker_id": lease.worker_id, "count": _holdings(lease)[pool.name]}
-        for lease in leases if pool.name in _holdings(lease)]
-    in_use = sum(holder["count"] for holder in holders)
+         "worker_id": lease.worker_id, "count": _holdings(lease)[pool.name],
+         "host": lease.host, "lifetime": lease.lifetime}
+        for lease in holding]
+    in_use = _in_use(holding, [pool.name] if pool.per_host else []).get(pool.name, 0)
+    hosts = sorted({lease.host for lease in holding if lease.host is not None})
+    free = _free(pool, in_use)
+    # What a release pass may count on: the free seats, one more task on each worker holding a
+    # seat for its life, and one more on each host of a per-host pool already holding one (the
+    # worker's lease, not this figure, is what decides).
+    usable = (free + sum(1 for lease in holding if lease.lifetime)
+              + (len(hosts) if pool.per_host else 0))
     return {"name": pool.name, "total": pool.total, "in_use": in_use,
-            "external_in_use": pool.external_in_use, "free": _free(pool, in_use),
+            "external_in_use": pool.external_in_use, "free": free, "usable": usable,
+            "per_host": pool.per_host, "hosts": hosts if pool.per_host else [],
             "source": pool.source, "synced_at": pool.synced_at, "holders": holders}
 
 
@@ -155,8 +208,10 @@ def _once_more_on_conflict(change: Callable[[], _T]) -> _T:
 
 # --- pools ----------------------------------------------------------------------------------------
 
-def set_pool(store: Store, name: str, total: int, source: str = "manual") -> dict[str, Any]:
-    """Create the pool `name` or change its total; the pool's view.
+def set_pool(store: Store, name: str, total: int, source: str = "manual",
+             per_host: bool | None = None) -> dict[str, Any]:
+    """Create the pool `name` or change its total (and, unless per_host is None, how it counts);
+    the pool's view.
 
     A total lowered below what leases hold takes nothing back: nothing more is granted until
     enough leases return. A count set by hand also forgets what a licence server last said was
@@ -171,10 +226,13 @@ def set_pool(store: Store, name: str, total: int, source: str = "manual") -> dic
             now = store.now(session)
             pool = _lock_pools(session, [name]).get(name)
             if pool is None:
-                pool = LicencePoolRecord(name=name, total=total, source=source, updated_at=now)
+                pool = LicencePoolRecord(name=name, total=total, source=source, updated_at=now,
+                                         per_host=bool(per_host))
                 session.add(pool)
             else:
                 pool.total, pool.source, pool.updated_at = total, source, now
+                if per_host is not None:
+                    pool.per_host = per_host
             if source == "manual":
                 pool.external_in_use = 0
             session.flush()
@@ -183,18 +241,25 @@ def set_pool(store: Store, name: str, total: int, source: str = "manual") -> dic
     return _once_more_on_conflict(change)
 
 
-def ensure_pool(store: Store, name: str, total: int, source: str = "manual") -> bool:
-    """Create the pool `name` with total unless it exists (then it is left as it is); created?"""
+def ensure_pool(store: Store, name: str, total: int, source: str = "manual",
+                per_host: bool = False) -> bool:
+    """Create the pool `name` with total unless it exists; created?
+
+    An existing pool keeps its total (set by hand or by a sync since) but takes `per_host` from
+    the config: how a licence is counted is the licence's nature, not a count that drifts.
+    """
     check_licence_name(name, "name")
     _whole(total, "total", 0)
     _source(source)
 
     def change() -> bool:
         with store.write() as session:
-            if _lock_pools(session, [name]):
+            existing = _lock_pools(session, [name]).get(name)
+            if existing is not None:
+                existing.per_host = per_host
                 return False
             session.add(LicencePoolRecord(name=name, total=total, source=source,
-                                          updated_at=store.now(session)))
+                                          per_host=per_host, updated_at=store.now(session)))
             return True
 
     return _once_more_on_conflict(change)
@@ -239,7 +304,7 @@ def record_sync(store: Store, name: str, issued: int, in_use: int, source: str) 
                 pool = LicencePoolRecord(name=name, total=issued, updated_at=now)
                 session.add(pool)
             leases = _leases(session)
-            held = _in_use(leases).get(name, 0)
+            held = _in_use(leases, [name] if pool.per_host else []).get(name, 0)
             pool.total, pool.external_in_use = issued, max(0, in_use - held)
             pool.source, pool.synced_at, pool.updated_at = source, now, now
             session.flush()
@@ -251,12 +316,15 @@ def record_sync(store: Store, name: str, issued: int, in_use: int, source: str) 
 # --- leases ---------------------------------------------------------------------------------------
 
 def acquire(store: Store, lease_id: str, task_id: int, attempt: int, worker_id: str,
-            wanted: Mapping[str, int]) -> dict[str, Any] | None:
-    """Hold `wanted` (licence name -> count) for one task attempt, all or nothing; the lease.
+            wanted: Mapping[str, int], host: str | None = None,
+            lifetime: bool = False) -> dict[str, Any] | None:
+    """Hold `wanted` (licence name -> count) for one task attempt on `host`, all or nothing; the
+    lease. With `lifetime` the worker holds it for its whole life (task_id and attempt 0).
 
-    None when any wanted licence has fewer free than asked, and then nothing is held. NotFound
-    when a wanted licence has no pool. A lease id already held gets its lease back unchanged, so
-    a retried request never takes twice.
+    None when any wanted licence has fewer free than asked, and then nothing is held; of a
+    per-host pool, a host already holding a seat needs no other. NotFound when a wanted licence
+    has no pool. A lease id already held gets its lease back unchanged, so a retried request
+    never takes twice.
     """
     for name, count in wanted.items():
         check_licence_name(name, "licences")
@@ -271,14 +339,17 @@ def acquire(store: Store, lease_id: str, task_id: int, attempt: int, worker_id: 
             if missing:
                 raise NotFound(f"licences.{missing[0]}: there is no licence pool named "
                                f"{missing[0]!r}")
-            in_use = _in_use(_leases(session))
-            if any(_free(pools[name], in_use.get(name, 0)) < count
+            leases = _leases(session)
+            in_use = _in_use(leases, _per_host_names(pools.values()))
+            if any(_free(pools[name], in_use.get(name, 0))
+                   < _needed(pools[name], count, host, leases)
                    for name, count in wanted.items()):
                 return None
             lease = LicenceLeaseRecord(id=lease_id, task_id=task_id, attempt=attempt,
                                        worker_id=worker_id,
                                        holdings=json.dumps(dict(sorted(wanted.items()))),
-                                       created_at=store.now(session))
+                                       created_at=store.now(session), host=host,
+                                       lifetime=lifetime)
             session.add(lease)
             return _lease_dict(lease)
     except IntegrityError:
@@ -315,7 +386,9 @@ def release_for_worker(store: Store, worker_id: str) -> list[dict[str, Any]]:
 
 def release_for_task(store: Store, task_id: int, attempt: int | None = None) -> list[dict[str, Any]]:
     """Give back what one attempt of a task holds, or every attempt's when attempt is None."""
-    conditions = [col(LicenceLeaseRecord.task_id) == task_id]
+    # Never what a worker holds for its life: only its leaving or loss gives that back.
+    conditions = [col(LicenceLeaseRecord.task_id) == task_id,
+                  col(LicenceLeaseRecord.lifetime).is_(False)]
     if attempt is not None:
         # Only that attempt: a later attempt of the same task may already hold licences.
         conditions.append(col(LicenceLeaseRecord.attempt) == attempt)
@@ -325,7 +398,8 @@ def release_for_task(store: Store, task_id: int, attempt: int | None = None) -> 
 def release_for_cancelled_task(store: Store, task_id: int,
                                task: Mapping[str, Any] | None) -> list[dict[str, Any]]:
     """Give back what a cancelled task's ended attempts hold (see attempts_ended_before)."""
-    conditions = [col(LicenceLeaseRecord.task_id) == task_id]
+    conditions = [col(LicenceLeaseRecord.task_id) == task_id,
+                  col(LicenceLeaseRecord.lifetime).is_(False)]
     ended_before = attempts_ended_before(task)
     if ended_before is not None:
         conditions.append(col(LicenceLeaseRecord.attempt) < ended_before)

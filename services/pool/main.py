@@ -158,6 +158,8 @@ class WorkerTemplate:
     gpus: int | None = None
     max_tasks: int = 0
     """Each worker leaves after this many tasks and the pool starts a fresh one (0: never)."""
+    hold_licences: tuple[str, ...] = ()
+    """`--hold-licence` values: each worker holds these seats from its start to its exit."""
 
     def argv(self) -> list[str]:
         argv = [sys.executable, "-m", "services.cli", "worker", "run", "--pool", self.pool,
@@ -172,6 +174,8 @@ class WorkerTemplate:
             argv += ["--gpus", str(self.gpus)]
         if self.max_tasks:
             argv += ["--max-tasks", str(self.max_tasks)]
+        for licence in self.hold_licences:
+            argv += ["--hold-licence", licence]
         return argv
 
 

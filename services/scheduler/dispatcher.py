@@ -12,6 +12,7 @@ from services.common.trouble import Troubles
 from services.scheduler import store as store_ops
 from services.scheduler.band_publisher import BandPublisher
 from services.scheduler.dispatch import Amounts, IdleWorker, Release
+from services.scheduler.refusals import RefusalPolicy
 from shared.bands import REPORTS_QUEUE, queue_name
 from shared.config import Settings
 from shared.db import Store
@@ -30,6 +31,7 @@ class Dispatcher:
 
     def __init__(self, settings: Settings, store: Store, spawn: Any) -> None:
         self.settings = settings
+        self.refusals = RefusalPolicy.from_settings(settings)
         self.store = store
         self.publisher = BandPublisher(settings.amqp_uri)
         # Its own channel for the rare messages outside release passes (finish reports tried
@@ -84,7 +86,11 @@ class Dispatcher:
                                                                    strict=True))
 
     def set_licence(self, name: str, total: int, free: int) -> bool:
-        """Record a licence pool's tokens; True when more are free than before (or it is new)."""
+        """Record a licence pool's tokens; True when more are free than before (or it is new).
+
+        `free` is what a release pass may count on: the pool's `usable` where the licence
+        service says it (seats shared on a host, or held by workers for their life), else free.
+        """
         if self.licences is None:
             self.licences = {}
         before = self.licences.get(name)
@@ -93,7 +99,8 @@ class Dispatcher:
 
     def set_licences(self, pools: list[dict[str, Any]]) -> None:
         """Replace the whole licence picture (a pool no longer listed was removed)."""
-        self.licences = {pool["name"]: {"total": int(pool["total"]), "free": int(pool["free"])}
+        self.licences = {pool["name"]: {"total": int(pool["total"]),
+                                        "free": int(pool.get("usable", pool["free"]))}
                          for pool in pools}
 
     def set_worker(self, worker_id: str, pool: str, bands: list[str], host: str = "",

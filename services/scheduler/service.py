@@ -306,7 +306,8 @@ class SchedulerService(Authenticated):
                     peak_memory_mb: int | None = None) -> dict[str, Any]:
         outcome = store_ops.finish_task(self.core.store, int(task_id), lease_token, exit_code,
                                         result, reason, log_tail, log_path, process_started_at,
-                                        process_ended_at, peak_memory_mb)
+                                        process_ended_at, peak_memory_mb,
+                                        refusals=self.core.refusals)
         self.core.request_release()
         self._emit(outcome.events)
         return outcome.reply
@@ -327,7 +328,8 @@ class SchedulerService(Authenticated):
             self._bury_report(report, f"malformed: {exc}")
             return
         try:
-            outcome = store_ops.finish_task(self.core.store, **fields)
+            outcome = store_ops.finish_task(self.core.store, **fields,
+                                            refusals=self.core.refusals)
         except (StaleLease, NotFound) as exc:
             log.warning("finish report refused: %s", exc)
             return
@@ -443,7 +445,8 @@ class SchedulerService(Authenticated):
 
     @event_handler("license", events.LICENCE_CHANGED)
     def handle_licence_changed(self, payload: dict[str, Any]) -> None:
-        if self.core.set_licence(payload["name"], payload["total"], payload["free"]):
+        if self.core.set_licence(payload["name"], payload["total"],
+                                 payload.get("usable", payload["free"])):
             self.core.request_release()
 
     @event_handler("registry", events.WORKER_LEFT)

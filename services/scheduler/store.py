@@ -33,6 +33,7 @@ from services.scheduler.dispatch import (
     unservable,
     wanted_queues,
 )
+from services.scheduler.refusals import RefusalPolicy
 from services.scheduler.tables import SchedulerTable as SchedulerTable  # its tables' base
 from shared import audit, events
 from shared.db import Store
@@ -161,6 +162,8 @@ class Task(SchedulerTable, table=True):
     created_at: float
     started_at: float | None = None
     finished_at: float | None = None
+    # Ends in a row that said "no licence" (services.scheduler.refusals): never charged.
+    licence_refusals: int = Field(default=0, sa_column_kwargs={"server_default": text("0")})
 
 
 class TaskDependency(SchedulerTable, table=True):
@@ -877,8 +880,13 @@ def finish_task(store: Store, task_id: int, lease_token: str, exit_code: int | N
                 result: Any = None, reason: str | None = None, log_tail: str | None = None,
                 log_path: str | None = None, process_started_at: float | None = None,
                 process_ended_at: float | None = None,
-                peak_memory_mb: int | None = None) -> Outcome:
-    """Record an attempt's end: DONE, a retry under the task's policy, or FAILED with its reason."""
+                peak_memory_mb: int | None = None,
+                refusals: RefusalPolicy | None = None) -> Outcome:
+    """Record an attempt's end: DONE, a retry under the task's policy, or FAILED with its reason.
+
+    An end that `refusals` reads as "no licence" puts the task back in its queue uncharged
+    instead, after that policy's growing delay, until its limit of refusals in a row.
+    """
     with store.write() as session:
         now = store.now(session)
         task = _get_task(session, task_id)
@@ -892,6 +900,17 @@ def finish_task(store: Store, task_id: int, lease_token: str, exit_code: int | N
                              f"(task is {task.state})")
         succeeded = exit_code == 0 and reason is None
         why = None if succeeded else (reason or f"exited with code {exit_code}")
+        refused = refusals.matched(exit_code, reason, log_tail) if refusals else None
+        if refused is not None and refusals is not None:
+            if task.licence_refusals < refusals.limit:
+                if attempt is not None:
+                    attempt.process_started_at = process_started_at
+                    attempt.process_ended_at = process_ended_at
+                    attempt.peak_memory_mb = peak_memory_mb
+                return _requeue_refused(session, task, attempt, refusals, refused, exit_code,
+                                        log_path, now)
+            why = f"{why} (no licence {task.licence_refusals + 1} times in a row: charged)"
+        task.licence_refusals = 0
         if attempt is not None:
             attempt.state = AttemptState.DONE if succeeded else AttemptState.FAILED
             attempt.finished_at = now
@@ -941,6 +960,33 @@ def finish_task(store: Store, task_id: int, lease_token: str, exit_code: int | N
                 emitted.append((events.TASK_FAILED, {**base, "reason": why, "will_retry": False}))
         emitted.extend(_finish_job_if_complete(session, task.job_id, now))
         return Outcome({"task_id": task_id, "state": task.state}, emitted)
+
+
+def _requeue_refused(session: Session, task: Task, attempt: Attempt | None,
+                     refusals: RefusalPolicy, refused: str, exit_code: int | None,
+                     log_path: str | None, now: float) -> Outcome:
+    """Back in its queue, uncharged, after the delay of this many refusals in a row."""
+    task.licence_refusals += 1
+    delay = refusals.delay(task.licence_refusals)
+    why = (f"no licence ({refused}): back in its queue, not charged (refusal "
+           f"{task.licence_refusals} of {refusals.limit} in a row)")
+    if attempt is not None:
+        attempt.state = AttemptState.HANDED_BACK
+        attempt.finished_at, attempt.exit_code, attempt.reason = now, exit_code, why
+        attempt.log_path = log_path
+    base = {"task_id": task.id, "job_id": task.job_id, "attempt": task.attempt,
+            "worker_id": task.worker_id, "exit_code": exit_code}
+    task.exit_code, task.log_path = exit_code, log_path
+    task.state = _ready_state(session, task)
+    task.attempt += 1
+    task.head = False  # it waits its delay, then takes its turn like any other
+    task.ready_at = now + delay
+    task.worker_id = task.lease_token = task.lease_expires_at = None
+    task.reason = why
+    # task_failed with will_retry: the attempt's reservation and licences are given back.
+    return Outcome({"task_id": task.id, "state": task.state, "licence_refused": True},
+                   [(events.TASK_FAILED, {**base, "reason": why, "will_retry": True,
+                                          "licence_refused": True})])
 
 
 OUT_OF_MEMORY = "out of memory"
@@ -1075,6 +1121,7 @@ def _retry(session: Session, task: Task, now: float) -> None:
                                           Attempt.state == AttemptState.FAILED)
                     .values(excused=True))
     task.failures, task.attempt, task.head = 0, task.attempt + 1, False
+    task.licence_refusals = 0
     task.exit_code = task.finished_at = task.log_tail = task.result = None
     task.worker_id = task.lease_token = task.lease_expires_at = None
     task.state, task.ready_at, task.reason = TaskState.WAITING, now, None
@@ -1260,6 +1307,10 @@ def why_task(store: Store, task_id: int, workers: Iterable[IdleWorker],
                     "reason": "waiting for " + "; ".join(unmet) if unmet
                     else "its dependencies are done; it is about to be queued"}
         if task.state == TaskState.QUEUED:
+            if task.ready_at > now and task.licence_refusals:
+                return {**answer, "code": "licence_refused",
+                        "refusals": task.licence_refusals,
+                        "reason": f"{task.reason}; runs again in {task.ready_at - now:.0f} s"}
             if task.ready_at > now:
                 return {**answer, "code": "retry_delay",
                         "reason": f"retrying in {task.ready_at - now:.0f} s"}

@@ -24,6 +24,7 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMe
 from services.worker import leftovers
 from services.worker.control import NameClaim, Obedience
 from services.worker.link import FarmLink
+from services.worker.held_licence import HeldLicences
 from services.worker.process import FENCED, Supervisors, TaskRun
 from services.worker.rpc import AsyncRpcClient, RpcUnavailable, ServiceUnknown
 from services.worker.scratch import attempt_scratch, storage_shortage, wait_for_room
@@ -54,7 +55,8 @@ class Worker(FarmLink):
                  drain_mode: DrainMode = DrainMode.FINISH, nice: int | dict[str, int] | None = None,
                  worker_id: str | None = None, memory_headroom: float = 1.0,
                  host_totals: HostTotals | None = None, host: str | None = None,
-                 max_tasks: int = 0, name: str | None = None) -> None:
+                 max_tasks: int = 0, name: str | None = None,
+                 hold_licences: dict[str, int] | None = None) -> None:
         known = {b.name for b in settings.bands}
         unknown = [b for b in bands if b not in known]
         if unknown:
@@ -82,6 +84,7 @@ class Worker(FarmLink):
         self._name_claim = NameClaim(leftovers.attempts_dir(settings.storage_root, self.host).parent,
                                      pool)
         self.control = Obedience(self._stop_consuming, self._resume_consuming, self._stop_asked)
+        self.held = HeldLicences(hold_licences or {}, self.worker_id, self.host)
         self.current: TaskRun | None = None
         self.tasks_run = 0
         # Attempts this worker has claimed. The scheduler answers a claim from the worker that
@@ -115,10 +118,14 @@ class Worker(FarmLink):
         self.name = self.name or self._name_claim.take()
         connection_task = asyncio.create_task(self._stay_connected())
         heartbeat_task = asyncio.create_task(self._heartbeat_loop())
+        holding_task = asyncio.create_task(self.held.keep(
+            self._call, self.settings.heartbeat_seconds, self._on_held))
         try:
             await self._work_loop()
         finally:
+            holding_task.cancel()
             await self._supervisors.close()
+            await self.held.give_back(self._call)
             await self._leave()
             self._stopped.set()
             self._name_claim.release()
@@ -157,7 +164,7 @@ class Worker(FarmLink):
 
     async def _start_consuming(self) -> None:
         if self._consumer_tags or self._channel is None or self._channel.is_closed \
-                or not self.control.takes_work:
+                or not self.control.takes_work or not self.held.ready:
             return
         for queue in self._queues:
             tag = await queue.consume(self._inbox.put)
@@ -174,6 +181,13 @@ class Worker(FarmLink):
     async def _stop_consuming_then_ack(self, message: AbstractIncomingMessage) -> None:
         await self._stop_consuming()
         await _settle(message.ack())
+
+    async def _on_held(self, held: bool) -> None:
+        """The licences held for the worker's life came or went: take work, or stop taking it."""
+        if not held:
+            await self._stop_consuming()
+        elif self.current is None and not self._draining.is_set():
+            await self._start_consuming()
 
     def _drop_inbox(self) -> None:
         while not self._inbox.empty():
@@ -280,11 +294,12 @@ class Worker(FarmLink):
                 reservation_id=booking_id, host=self.host, worker_id=self.worker_id,
                 task_id=task_id, attempt=attempt, minimum=wants["resources"],
                 preferred=wants.get("preferred")))
-        if wants.get("licences"):
+        licences = self.held.uncovered(wants.get("licences"))  # the held seat covers its share
+        if licences:
             bookings[LICENCES] = asyncio.create_task(self._call(
                 "license", "acquire", attempts=None, optional_service=True, lease_id=booking_id,
                 task_id=task_id, attempt=attempt, worker_id=self.worker_id,
-                licences=wants["licences"]))
+                licences=licences, host=self.host))
         return bookings
 
     async def _settle_bookings(self, bookings: dict[str, Booking]
@@ -481,9 +496,11 @@ async def _settle(awaitable: Any) -> None:
 def run_worker(settings: Settings, pool: str, bands: list[str],
                drain_mode: DrainMode = DrainMode.FINISH, nice: int | dict[str, int] | None = None,
                memory_headroom: float = 1.0, host_totals: HostTotals | None = None,
-               host: str | None = None, max_tasks: int = 0, name: str | None = None) -> None:
+               host: str | None = None, max_tasks: int = 0, name: str | None = None,
+               hold_licences: dict[str, int] | None = None) -> None:
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     worker = Worker(settings, pool, bands, drain_mode, nice, memory_headroom=memory_headroom,
-                    host_totals=host_totals, host=host, max_tasks=max_tasks, name=name)
+                    host_totals=host_totals, host=host, max_tasks=max_tasks, name=name,
+                    hold_licences=hold_licences)
     asyncio.run(worker.run())

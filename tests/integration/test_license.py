@@ -64,7 +64,8 @@ def test_pool_runs_out_and_a_release_frees_it_and_says_so(farm: Farm) -> None:
         assert license_rpc.release("task-1-attempt-1") is None
         assert license_rpc.get_pool("houdini")["free"] == 1
         farm.wait_for(lambda: len(changes()) >= 4, 10, "the release's licence_changed event")
-        assert changes() == [{"name": "houdini", "total": 2, "free": free} for free in (2, 1, 0, 1)]
+        assert changes() == [{"name": "houdini", "total": 2, "free": free, "usable": free}
+                             for free in (2, 1, 0, 1)]
     assert license_rpc.acquire("task-3-attempt-1", 3, 1, "w1", {"houdini": 1}) is not None
 
 
@@ -177,3 +178,26 @@ def test_corral_licences_sets_lists_and_removes_pools(farm: Farm) -> None:
 
     bad = corral(farm, "licences", "set", "two words", "1")
     assert bad.returncode == 1 and "'two words' is not a licence name" in bad.stderr
+
+
+def test_corral_licences_shows_per_host_pools_and_seats_held_for_a_workers_life(
+        farm: Farm) -> None:
+    farm.start_service("license")
+    done = corral(farm, "licences", "set", "redshift", "2", "--per-host")
+    assert done.returncode == 0, done.stderr
+    corral(farm, "licences", "set", "pixyz", "1")
+    farm.rpc.license.acquire("task-1-attempt-1", 1, 1, "w1", {"redshift": 1}, "node-a")
+    farm.rpc.license.acquire("task-2-attempt-1", 2, 1, "w2", {"redshift": 1}, "node-a")
+    farm.rpc.license.hold_for_worker("held by w3", "w3", "node-b", ["pixyz"])
+
+    listing = {p["name"]: p for p in json.loads(corral(farm, "licences", "--json").stdout)}
+    assert (listing["redshift"]["per_host"], listing["redshift"]["in_use"],
+            listing["redshift"]["hosts"]) == (True, 1, ["node-a"])
+    assert [(h["worker_id"], h["lifetime"]) for h in listing["pixyz"]["holders"]] == \
+        [("w3", True)]
+    table = corral(farm, "licences").stdout
+    assert "redshift: seats held on node-a" in table
+    assert "pixyz: held for life by w3" in table
+    rows = {line.split()[1]: line.split()[-2] for line in table.splitlines()
+            if line.startswith("│") and line.split()[1] in ("redshift", "pixyz")}
+    assert rows == {"redshift": "host", "pixyz": "task"}

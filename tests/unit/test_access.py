@@ -57,7 +57,7 @@ WORKER_FACING = {
     "scheduler": {"claim_task", "renew_lease", "finish_task", "hand_back_task"},
     "registry": {"register_worker", "worker_heartbeat", "leave_worker"},
     "resource_negotiator": {"report_host", "reserve", "release", "release_for_worker"},
-    "license": {"acquire", "release", "release_for_worker"},
+    "license": {"acquire", "hold_for_worker", "release", "release_for_worker"},
 }
 
 

@@ -20,6 +20,7 @@ class Core:
     def __init__(self) -> None:
         self.sent: list[tuple[str, dict[str, Any]]] = []
         self.store = None
+        self.refusals = None  # the farm's "no licence" policy: none configured here
 
     def send(self, queue: str, body: dict[str, Any]) -> None:
         self.sent.append((queue, body))

@@ -77,14 +77,14 @@ def test_taking_and_returning_licences_tells_what_each_pool_has_free(tmp_path: P
 
     lease = worker.acquire("t1", 1, 1, "w1", {"houdini": 1, "karma": 2})
     assert lease["licences"] == {"houdini": 1, "karma": 2}
-    assert changes(worker) == [{"name": "houdini", "total": 2, "free": 1},
-                               {"name": "karma", "total": 4, "free": 2}]
+    assert changes(worker) == [{"name": "houdini", "total": 2, "free": 1, "usable": 1},
+                               {"name": "karma", "total": 4, "free": 2, "usable": 2}]
 
     reset(worker)
     worker.release("t1")
     worker.release("t1")  # released already: nothing changed, nothing said
-    assert changes(worker) == [{"name": "houdini", "total": 2, "free": 2},
-                               {"name": "karma", "total": 4, "free": 4}]
+    assert changes(worker) == [{"name": "houdini", "total": 2, "free": 2, "usable": 2},
+                               {"name": "karma", "total": 4, "free": 4, "usable": 4}]
 
 
 def test_acquire_that_does_not_fit_changes_nothing_and_says_nothing(tmp_path: Path,
@@ -104,7 +104,7 @@ def test_lost_worker_gives_its_leases_back(tmp_path: Path, store: Store) -> None
     reset(worker)
     worker.handle_worker_lost({"worker_id": "doomed"})
     assert [lease["id"] for lease in ops.leases(store)] == ["t2"]
-    assert changes(worker) == [{"name": "nuke", "total": 2, "free": 1}]
+    assert changes(worker) == [{"name": "nuke", "total": 2, "free": 1, "usable": 1}]
 
 
 def test_cancel_naming_its_attempt_gives_back_that_attempt_without_asking(tmp_path: Path,
@@ -150,7 +150,7 @@ def test_pool_follows_its_flexlm_server_counting_only_use_outside_corral(tmp_pat
     view = ops.pool_view(store, "nuke")
     assert (view["total"], view["external_in_use"], view["free"], view["source"]) == \
         (10, 3, 7, "flexlm")
-    assert changes(worker) == [{"name": "nuke", "total": 10, "free": 7}]
+    assert changes(worker) == [{"name": "nuke", "total": 10, "free": 7, "usable": 7}]
 
 
 def test_tool_running_under_a_lease_is_not_counted_twice(tmp_path: Path, store: Store) -> None:

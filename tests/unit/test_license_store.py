@@ -175,9 +175,10 @@ def test_pools_list_totals_use_free_and_holders_by_name(licence_store: Store) ->
     acquire(licence_store, "t4", {"houdini": 2, "nuke": 1}, worker_id="w9", task_id=4, attempt=2)
     houdini, nuke = ops.pools(licence_store)
     assert houdini == {"name": "houdini", "total": 4, "in_use": 2, "external_in_use": 0, "free": 2,
+                       "usable": 2, "per_host": False, "hosts": [],
                        "source": "manual", "synced_at": None,
                        "holders": [{"lease_id": "t4", "task_id": 4, "attempt": 2, "worker_id": "w9",
-                                    "count": 2}]}
+                                    "count": 2, "host": None, "lifetime": False}]}
     assert (nuke["name"], nuke["in_use"], nuke["free"]) == ("nuke", 1, 2)
     assert ops.pool_view(licence_store, "nuke") == nuke
 

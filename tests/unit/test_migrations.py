@@ -177,7 +177,8 @@ def test_the_comparison_finds_a_column_the_migrations_do_not_add(
     assert sorted((kind, table, column.name) for kind, _, table, column in found) == [
         ("add_column", "attempt", "excused"), ("add_column", "job", "keep"),
         ("add_column", "job", "notify"), ("add_column", "job", "retention"),
-        ("add_column", "job", "submission_key"), ("add_column", "task", "licences")]
+        ("add_column", "job", "submission_key"), ("add_column", "task", "licence_refusals"),
+        ("add_column", "task", "licences")]
 
 
 @pytest.mark.parametrize("tree", TREES)
@@ -350,7 +351,8 @@ def test_a_migration_logs_one_line_per_revision_and_alembic_stays_quiet(
         ("corral.migrations", "scheduler database: migrated to revision 0004"),
         ("corral.migrations", "scheduler database: migrated to revision 0005"),
         ("corral.migrations", "scheduler database: migrated to revision 0006"),
-        ("corral.migrations", "scheduler database: migrated to revision 0007")]
+        ("corral.migrations", "scheduler database: migrated to revision 0007"),
+        ("corral.migrations", "scheduler database: migrated to revision 0008")]
 
 
 # --- downgrades, kept where trivial ------------------------------------------------------------

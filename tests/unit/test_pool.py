@@ -160,6 +160,13 @@ def test_workers_get_the_pools_host_and_resource_overrides() -> None:
         "--config", "/etc/corral.yaml", "--cores", "32", "--memory", "64G", "--gpus", "2"]
 
 
+def test_workers_hold_the_licences_the_pool_was_told_to_hold() -> None:
+    argv = WorkerTemplate(pool="pixyz", bands=[], host="render-07",
+                          hold_licences=("pixyz", "nuke=2")).argv()
+    assert argv[argv.index("--host") + 2:] == ["--hold-licence", "pixyz",
+                                               "--hold-licence", "nuke=2"]
+
+
 def test_workers_detect_what_the_pool_was_not_told() -> None:
     argv = WorkerTemplate(pool="cpu", bands=[], host="render-07").argv()
     assert not {"--cores", "--memory", "--gpus", "--config"} & set(argv)

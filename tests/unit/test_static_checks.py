@@ -11,7 +11,8 @@ STRICT = ["shared", "web", "services/scheduler/stats.py", "services/scheduler/di
           "services/cleanup/policy.py", "services/cleanup/sweep.py", "services/cleanup/logs.py",
           "services/cleanup/store.py", "services/worker/scratch.py",
           "services/scheduler/retention.py", "services/worker/control.py",
-          "services/registry/control.py",
+          "services/registry/control.py", "services/scheduler/refusals.py",
+          "services/worker/held_licence.py",
           # notifications: the outbox and its sender
           "services/scheduler/notifications.py", "services/scheduler/notify_sender.py",
           "services/scheduler/tables.py"]
