@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import registry
-from sqlmodel import Field, SQLModel
+from sqlmodel import Field, SQLModel, col
 
 from shared import audit, events
 from shared.db import Store
@@ -174,7 +174,7 @@ def mark_lost_workers(store: Store, lost_after: float) -> Emitted:
     with store.write() as session:
         now = store.now(session)
         silent = session.scalars(select(Worker).where(
-            Worker.state.in_(ALIVE_STATES), Worker.last_seen < now - lost_after)).all()  # type: ignore[attr-defined]
+            col(Worker.state).in_(ALIVE_STATES), col(Worker.last_seen) < now - lost_after)).all()
         emitted: Emitted = []
         for worker in silent:
             worker.state = WorkerState.LOST
@@ -189,9 +189,9 @@ def list_workers(store: Store, alive: bool = False, pool: str | None = None) -> 
         now = store.now(session)
         query = select(Worker)
         if alive:
-            query = query.where(Worker.state.in_(ALIVE_STATES))  # type: ignore[attr-defined]
+            query = query.where(col(Worker.state).in_(ALIVE_STATES))
         if pool:
-            query = query.where(Worker.pool == pool)
+            query = query.where(col(Worker.pool) == pool)
         workers = session.scalars(query.order_by(Worker.host, Worker.worker_id)).all()
         return [worker_dict(w, now, wanted_state(session, w), session) for w in workers]
 
@@ -235,6 +235,6 @@ def forget_workers(store: Store, gone_for_seconds: float) -> dict[str, Any]:
         forgotten = [worker.worker_id for worker in gone]
         for worker in gone:
             session.delete(worker)
-        live_hosts = sorted(set(session.scalars(select(Worker.host).where(
-            Worker.state.in_(ALIVE_STATES)))))  # type: ignore[attr-defined]
+        live_hosts = sorted(set(session.scalars(select(col(Worker.host)).where(
+            col(Worker.state).in_(ALIVE_STATES)))))
     return {"forgotten": forgotten, "live_hosts": live_hosts}

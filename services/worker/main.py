@@ -23,8 +23,8 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMe
 
 from services.worker import leftovers
 from services.worker.control import NameClaim, Obedience
-from services.worker.link import FarmLink
 from services.worker.held_licence import HeldLicences
+from services.worker.link import FarmLink
 from services.worker.process import FENCED, Supervisors, TaskRun
 from services.worker.rpc import AsyncRpcClient, RpcUnavailable, ServiceUnknown
 from services.worker.scratch import attempt_scratch, storage_shortage, wait_for_room

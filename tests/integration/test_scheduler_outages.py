@@ -4,7 +4,6 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
 from kombu import Connection, Queue
 from sqlalchemy import create_engine, text
 
