@@ -12,11 +12,14 @@ class SchedulerRpc(Protocol):
         """Submit a job spec (README: Job specs); returns the job. Under a `submission_key` already used,
         returns the first job with `repeated: true` instead of making another."""
 
-    def get_job(self, job_id: int, task_limit: int = 1000,
-                task_offset: int = 0) -> dict[str, Any]:
+    def get_job(self, job_id: int, task_limit: int = 1000, task_offset: int = 0,
+                task_fields: list[str] | None = None) -> dict[str, Any]:
         """A job with `counts` by task state, `completed` (done tasks plus running progress), `eta_seconds`,
         a page of its tasks (`task_limit` 0: none), its `notify` targets and its `notifications`
-        (each delivery: event, target, state pending/delivered/failed, tries, last answer)."""
+        (each delivery: event, target, state pending/delivered/failed, tries, last answer).
+        With `task_fields` (some of id, index, name, layer, state, progress, attempt, frame_start,
+        frame_end, priority, started_at, finished_at, reason) each task has only those: a grid
+        of a thousand tasks in a fraction of the time."""
 
     def list_jobs(self, state: str | None = None, user: str | None = None, page: int = 1,
                   page_size: int = 50, name_pattern: str | None = None) -> dict[str, Any]:

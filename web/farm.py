@@ -40,3 +40,16 @@ def answer_or_error(thunk: Callable[[], Any]) -> tuple[Any, str | None]:
 
 def call_or_none(service: str, method: str, **kwargs: Any) -> tuple[Any, str | None]:
     return answer_or_error(lambda: call(service, method, **kwargs))
+
+
+def calls_or_none(*calls: tuple[str, str, dict[str, Any]]) -> list[tuple[Any, str | None]]:
+    """Like call_or_none for several calls, sent together and answered together: a page that
+    asks four services waits for the slowest, not for the four in turn."""
+    outcomes = client().call_many(list(calls), token=rpc_token())
+
+    def one(outcome: Any) -> Any:
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    return [answer_or_error(lambda outcome=outcome: one(outcome)) for outcome in outcomes]

@@ -20,12 +20,14 @@ from web import auth
 from web.api import act_on_job, act_on_task, list_jobs, set_worker_state, storage_root, task_log
 from web.api_models import JobsQuery, LogQuery
 from web.errors import describe
-from web.farm import answer_or_error, call, call_or_none
+from web.farm import answer_or_error, call, call_or_none, calls_or_none
 from web.files import last_frame
 
 pages = Blueprint("pages", __name__)
 REFRESH_MS = 2000
 GRID_PAGE = 1000
+GRID_FIELDS = ("id", "name", "layer", "state", "progress")
+"""What the job page's task grid shows of each task: only these cross the wire for it."""
 
 
 @pages.app_template_filter("ago")
@@ -55,10 +57,10 @@ def _page(template: str, **context: Any) -> str:
 # --- overview ------------------------------------------------------------------------------------
 
 def overview_context() -> dict[str, Any]:
-    overview, overview_error = call_or_none("registry", "farm_overview")
-    hosts, hosts_error = call_or_none("resource_negotiator", "list_hosts")
-    pools, pools_error = call_or_none("license", "list_pools")
-    stats, stats_error = call_or_none("scheduler", "farm_stats", minutes=60)
+    (overview, overview_error), (hosts, hosts_error), (pools, pools_error), \
+        (stats, stats_error) = calls_or_none(
+            ("registry", "farm_overview", {}), ("resource_negotiator", "list_hosts", {}),
+            ("license", "list_pools", {}), ("scheduler", "farm_stats", {"minutes": 60}))
     live_hosts = set(overview["hosts"]) if overview else None
     return {"overview": overview, "overview_error": overview_error, "hosts": hosts or [],
             "hosts_error": hosts_error, "live_hosts": live_hosts, "pools": pools or [],
@@ -101,7 +103,7 @@ def jobs_fragment() -> str:
 def job_context(job_id: int) -> dict[str, Any]:
     offset = max(0, request.args.get("offset", 0, type=int) or 0)
     job, error = call_or_none("scheduler", "get_job", job_id=job_id, task_limit=GRID_PAGE,
-                              task_offset=offset)
+                              task_offset=offset, task_fields=list(GRID_FIELDS))
     layers: dict[str, list[dict[str, Any]]] = {}
     for task in (job or {}).get("tasks", []):
         layers.setdefault(task.get("layer") or "tasks", []).append(task)

@@ -115,40 +115,59 @@ class RpcClient:
     def call(self, service: str, method: str, token: str | None = None,
              timeout: float | None = None, **kwargs: Any) -> Any:
         """The method's result; its CorralError as itself; ServiceUnavailable when none came."""
+        (outcome,) = self.call_many([(service, method, kwargs)], token, timeout)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    def call_many(self, calls: list[tuple[str, str, dict[str, Any]]], token: str | None = None,
+                  timeout: float | None = None) -> list[Any]:
+        """Several calls at once, all sent before any answer is awaited, so a page that needs
+        four services waits about as long as the slowest; each call's result, or the exception
+        it ended with (its CorralError, or ServiceUnavailable when no answer came in time)."""
         limit = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + limit
         channel = self._channel(deadline)
-        correlation_id = str(uuid.uuid4())
-        headers: dict[str, Any] = {"nameko.call_id_stack": [f"{CLIENT_NAME}.{correlation_id}"]}
-        if token:
-            headers[f"nameko.{self.context_key}"] = token
-        message = amqp.Message(json.dumps({"args": [], "kwargs": kwargs}),
-                               content_type="application/json", correlation_id=correlation_id,
-                               reply_to=channel.routing_key, delivery_mode=2,
-                               application_headers=headers)
-        channel.waiting.add(correlation_id)
+        ids = [str(uuid.uuid4()) for _ in calls]
+        outcomes: list[Any] = [None] * len(calls)
         try:
-            channel.channel.basic_publish(message, RPC_EXCHANGE, f"{service}.{method}")
-            while correlation_id not in channel.replies:
+            for correlation_id, (service, method, kwargs) in zip(ids, calls, strict=True):
+                headers: dict[str, Any] = {
+                    "nameko.call_id_stack": [f"{CLIENT_NAME}.{correlation_id}"]}
+                if token:
+                    headers[f"nameko.{self.context_key}"] = token
+                message = amqp.Message(json.dumps({"args": [], "kwargs": kwargs}),
+                                       content_type="application/json",
+                                       correlation_id=correlation_id,
+                                       reply_to=channel.routing_key, delivery_mode=2,
+                                       application_headers=headers)
+                channel.waiting.add(correlation_id)
+                channel.channel.basic_publish(message, RPC_EXCHANGE, f"{service}.{method}")
+            while not all(correlation_id in channel.replies for correlation_id in ids):
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise TimeoutError
+                    break
                 try:
                     channel.connection.drain_events(timeout=left)
                 except TimeoutError:
                     continue
-        except TimeoutError:
-            raise ServiceUnavailable(service, self._silence(channel, service, limit)) from None
         except (OSError, amqp.exceptions.AMQPError) as exc:
             self._drop()
-            raise ServiceUnavailable(service, f"lost the broker while asking the {service} "
-                                              f"service ({exc})") from None
+            return [ServiceUnavailable(service, f"lost the broker while asking the {service} "
+                                                f"service ({exc})") for service, _, _ in calls]
         finally:
-            channel.waiting.discard(correlation_id)
-        reply = channel.replies.pop(correlation_id)
-        if reply.get("error"):
-            raise deserialize(reply["error"])
-        return reply.get("result")
+            for correlation_id in ids:
+                channel.waiting.discard(correlation_id)
+        for index, (correlation_id, (service, _, _)) in enumerate(zip(ids, calls, strict=True)):
+            reply = channel.replies.pop(correlation_id, None)
+            if reply is None:
+                outcomes[index] = ServiceUnavailable(service,
+                                                     self._silence(channel, service, limit))
+            elif reply.get("error"):
+                outcomes[index] = deserialize(reply["error"])
+            else:
+                outcomes[index] = reply.get("result")
+        return outcomes
 
     def _silence(self, channel: _Channel, service: str, limit: float) -> str:
         """Why a service did not answer: down (no consumer), never started, or just slow."""

@@ -41,7 +41,14 @@ from shared.bands import DEAD_REPORTS_QUEUE, REPORTS_QUEUE, band_for_priority
 from shared.config import settings_from_mapping
 from shared.contracts import LicenseRpc, NegotiatorRpc, RegistryRpc, SchedulerRpc
 from shared.db import Store, create_db_engine
-from shared.errors import EXPECTED_EXCEPTIONS, CorralError, InvalidSpec, NotFound, StaleLease
+from shared.errors import (
+    EXPECTED_EXCEPTIONS,
+    CorralError,
+    InvalidArgument,
+    InvalidSpec,
+    NotFound,
+    StaleLease,
+)
 from shared.identity import Role
 from shared.notify import studio_targets
 from shared.redact import redacted
@@ -149,8 +156,16 @@ class SchedulerService(Authenticated):
 
     @rpc(expected_exceptions=EXPECTED_EXCEPTIONS)
     @allow(Role.VIEWER, reply=env_for_owner)
-    def get_job(self, job_id: int, task_limit: int = 1000, task_offset: int = 0) -> dict[str, Any]:
-        return store_ops.get_job(self.core.store, int(job_id), int(task_limit), int(task_offset))
+    def get_job(self, job_id: int, task_limit: int = 1000, task_offset: int = 0,
+                task_fields: list[str] | None = None) -> dict[str, Any]:
+        if task_fields is not None:
+            unknown = [name for name in task_fields if name not in store_ops.TASK_SUMMARY_FIELDS]
+            if unknown or not task_fields:
+                raise InvalidArgument(
+                    f"task_fields: {unknown[0] if unknown else 'nothing'!r} is not a task field "
+                    f"to ask for alone; ask for some of {', '.join(store_ops.TASK_SUMMARY_FIELDS)}")
+        return store_ops.get_job(self.core.store, int(job_id), int(task_limit), int(task_offset),
+                                 task_fields)
 
     @rpc(expected_exceptions=EXPECTED_EXCEPTIONS)
     @allow(Role.VIEWER)

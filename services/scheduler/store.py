@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import Index, and_, false, func, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
-from sqlmodel import Field
+from sqlmodel import Field, col
 
 from services.scheduler import notifications
 from services.scheduler.dispatch import (
@@ -1411,9 +1411,16 @@ def _licence_shortage(needs: Licences,
 
 # --- reads --------------------------------------------------------------------------------------
 
-def get_job(store: Store, job_id: int, task_limit: int = 1000,
-            task_offset: int = 0) -> dict[str, Any]:
-    """A job with its counts by state and a page of its tasks (task_limit 0: counts only)."""
+TASK_SUMMARY_FIELDS = ("id", "index", "name", "layer", "state", "progress", "attempt",
+                       "frame_start", "frame_end", "priority", "started_at", "finished_at",
+                       "reason")
+"""Fields a caller may ask `get_job` for alone (`task_fields`), for a grid of many tasks."""
+
+
+def get_job(store: Store, job_id: int, task_limit: int = 1000, task_offset: int = 0,
+            task_fields: Sequence[str] | None = None) -> dict[str, Any]:
+    """A job with its counts by state and a page of its tasks (task_limit 0: counts only);
+    with `task_fields` (some of TASK_SUMMARY_FIELDS) each task has only those."""
     with store.read() as session:
         job = _get_job(session, job_id)
         counts = job_counts(session, [job_id])[job_id]
@@ -1426,7 +1433,13 @@ def get_job(store: Store, job_id: int, task_limit: int = 1000,
                                   + sum(row[0] for row in running) / 100, 2)
         data["eta_seconds"] = _eta(session, job_id, counts, running, store.now(session))
         data["notifications"] = notifications.deliveries_of_job(session, job_id)
-        if task_limit > 0:
+        if task_limit > 0 and task_fields:
+            columns = [getattr(Task, name) for name in task_fields]
+            rows = session.execute(select(*columns).where(col(Task.job_id) == job_id)
+                                   .order_by(col(Task.index)).offset(task_offset)
+                                   .limit(task_limit)).all()
+            data["tasks"] = [dict(zip(task_fields, row, strict=True)) for row in rows]
+        elif task_limit > 0:
             tasks = session.scalars(select(Task).where(Task.job_id == job_id)
                                     .order_by(Task.index).offset(task_offset)  # type: ignore[arg-type]
                                     .limit(task_limit)).all()

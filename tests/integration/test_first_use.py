@@ -8,6 +8,9 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
+from shared.errors import InvalidArgument
 from shared.rpc import farm_rpc
 from tests.farm import CONFIG, ROOT, Farm
 
@@ -178,6 +181,10 @@ def test_status_shows_the_backlog_and_hosts_show_who_is_there(farm: Farm) -> Non
                                 "--", "true").stdout)
     json.loads(corral(farm, "submit", "--json", "--pool", "gpu", "--after", str(waiting["id"]),
                       "--", "true").stdout)
+    grid = farm.rpc.scheduler.get_job(waiting["id"], 10, 0, ["id", "state"])
+    assert [set(task) for task in grid["tasks"]] == [{"id", "state"}]
+    with pytest.raises(InvalidArgument, match="task_fields: 'env' is not a task field"):
+        farm.rpc.scheduler.get_job(waiting["id"], 10, 0, ["env"])
     status = corral(farm, "status", "--json")
     backlog = json.loads(status.stdout)["backlog"]
     assert {"pool": "gpu", "band": "high", "waiting": 0, "queued": 1, "paused": 0,

@@ -50,3 +50,15 @@ def test_the_backlog_is_counted_per_pool_and_band_by_state(scheduler_store: Stor
         {"pool": "cpu", "band": "high", "waiting": 0, "queued": 3, "paused": 0, "dispatched": 0},
         {"pool": "gpu", "band": "normal", "waiting": 2, "queued": 0, "paused": 0,
          "dispatched": 0}]
+
+
+def test_a_job_read_for_a_grid_carries_only_the_fields_asked_for(scheduler_store: Store) -> None:
+    job = submit(scheduler_store, tasks=3, env={"SECRET": "x"})
+    whole = ops.get_job(scheduler_store, job["id"])
+    grid = ops.get_job(scheduler_store, job["id"], task_fields=("id", "state", "progress"))
+    assert grid["tasks"] == [{"id": t["id"], "state": "queued", "progress": 0}
+                             for t in whole["tasks"]]
+    assert grid["counts"] == whole["counts"] and grid["eta_seconds"] == whole["eta_seconds"]
+    second = ops.get_job(scheduler_store, job["id"], task_limit=1, task_offset=1,
+                         task_fields=("index", "name"))
+    assert second["tasks"] == [{"index": 1, "name": whole["tasks"][1]["name"]}]
