@@ -31,6 +31,8 @@ KINDS = (LOGS, RESULTS, SCRATCH)
 """The folders under the storage root that hold Corral's files, one subfolder per job."""
 UPLOADS = "uploads"
 """Files uploaded through the monitor's API for job specs to name (not per job)."""
+HOSTS = "hosts"
+"""Each host's own state: records of its running attempts, its workers' names (not per job)."""
 
 _DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _SWAP_RETRIES = 3  # a name that keeps changing kind under us is left for the next pass
@@ -248,8 +250,8 @@ def strays(root: Path) -> list[str]:
     except FileNotFoundError:
         return found
     for entry in top:
-        if entry.name == UPLOADS and entry.is_dir(follow_symlinks=False):
-            continue  # the monitor's uploads: Corral's, though not kept per job
+        if entry.name in (UPLOADS, HOSTS) and entry.is_dir(follow_symlinks=False):
+            continue  # uploads and the hosts' own state: Corral's, though not kept per job
         if entry.name not in KINDS or not entry.is_dir(follow_symlinks=False):
             found.append(entry.name)
             continue

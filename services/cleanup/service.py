@@ -23,6 +23,7 @@ from nameko.timer import timer
 from services.cleanup import logs
 from services.cleanup import store as store_ops
 from services.cleanup.sweep import PassReport, Sweeper
+from services.common import report_in
 from services.common.access import Access, Authenticated, allow
 from services.common.ask import ask
 from shared import events, storage
@@ -77,7 +78,7 @@ class CleanupCore(DependencyProvider):
 
 
 @validate_rpc_arguments
-class CleanupService(Authenticated):
+class CleanupService(report_in.ReportsIn, Authenticated):
     """RPC `cleanup`: what would be removed, disk use, a pass now, task logs."""
 
     name = "cleanup"

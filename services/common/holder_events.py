@@ -10,14 +10,13 @@ takes every class with entrypoints in a service's module for a service.
 from __future__ import annotations
 
 import logging
-import socket
 from types import ModuleType
 from typing import Any, ClassVar
 
 import eventlet
 from nameko.events import event_handler
-from nameko.timer import timer
 
+from services.common import report_in
 from shared import events
 from shared.contracts import RegistryRpc, SchedulerRpc
 from shared.errors import NotFound
@@ -25,7 +24,7 @@ from shared.errors import NotFound
 log = logging.getLogger(__name__)
 
 
-class HolderService:
+class HolderService(report_in.ReportsIn):
     """What a service holding things per task attempt does when holders go away."""
 
     name: ClassVar[str]
@@ -84,12 +83,3 @@ class HolderService:
         self._released(self.store_ops.release_for_cancelled_task(self.core.store, task_id, task),
                        f"task {task_id} was cancelled")
 
-    # Not eager: an RPC made before the reply listener's queue exists kills the container.
-    @timer(interval=2)
-    def report_in(self) -> None:
-        try:
-            with eventlet.Timeout(self.core.settings.rpc_timeout_seconds):
-                self.registry.service_heartbeat(self.name, socket.gethostname())
-        except (Exception, eventlet.Timeout) as exc:
-            # Registry down: the monitor shows us as silent until it is back; nothing else waits.
-            log.warning("could not report in to the registry: %s", exc)

@@ -20,6 +20,8 @@ from typing import Any
 
 import psutil
 
+from shared.storage import HOSTS
+
 log = logging.getLogger(__name__)
 
 MARKER_VARIABLE = "CORRAL_RUN"
@@ -27,7 +29,7 @@ CGROUP_ROOTS = (Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/unified"))
 
 
 def attempts_dir(storage_root: Path, host: str) -> Path:
-    return storage_root / "hosts" / host / "attempts"
+    return storage_root / HOSTS / host / "attempts"
 
 
 def cgroup_base() -> Path | None:

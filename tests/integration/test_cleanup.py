@@ -112,7 +112,11 @@ def test_a_stray_under_the_root_is_left_alone_and_a_dry_run_removes_nothing(
     farm.wait_for_job(job["id"])
     (storage(farm) / "notes.txt").write_text("a wrangler's")
     plan = farm.rpc.cleanup.plan()
-    assert plan["items"] == [] and "notes.txt" in plan["left_alone"]
+    assert plan["items"] == [] and plan["left_alone"] == ["notes.txt"]  # hosts/ is Corral's
+    assert (storage(farm) / "hosts").is_dir()
+    farm.wait_for(lambda: any(s["service"] == "cleanup" and s["alive"]
+                              for s in farm.rpc.registry.farm_overview()["services"]),
+                  15, "the cleanup service to report in, as the others do")
     done = subprocess.run([sys.executable, "-m", "services.cli", "cleanup", "--dry-run",
                            "--config", str(CONFIG)], env=farm.env, cwd=ROOT,
                           capture_output=True, text=True, timeout=60)

@@ -137,6 +137,7 @@ def test_a_path_already_gone_is_no_error(root: Path) -> None:
 def test_strays_are_what_corral_did_not_put_there(root: Path) -> None:
     (root / "notes.txt").write_text("someone's")
     (root / "logs" / "old-logs").mkdir()
+    (root / "hosts" / "render01" / "attempts").mkdir(parents=True)  # the hosts' own: Corral's
     assert storage.strays(root) == ["logs/old-logs", "notes.txt"]
     assert list(storage.job_folders(root)) == [("logs", 7)]
 
