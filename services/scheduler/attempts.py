@@ -1,5 +1,4 @@
-"""An attempt's life under its lease: claim, renew, finish (a licence refusal included), hand
-back, and the expiry of leases whose workers stopped reporting."""
+"""An attempt under its lease: claim, renew, finish (licence refusals too), hand back, expiry."""
 
 from __future__ import annotations
 

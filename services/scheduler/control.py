@@ -1,5 +1,4 @@
-"""Changes people make to jobs and tasks (cancel, retry, pause, resume, priority, requeue), and
-the aging that raises long-waiting tasks' priority."""
+"""Changes to jobs and tasks: cancel, retry, pause, resume, priority, requeue, and priority aging."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""The scheduler's tables (jobs, tasks, their dependencies, attempts, the audit log), their states,
-and the lookups and JSON shapes of them that the store's modules share."""
+"""The scheduler's tables, their states, and the lookups and JSON shapes the store's modules share."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""What a waiting task waits for, when it is ready, and when a job ends and releases the jobs
-waiting for it: the dependency logic every state change shares."""
+"""When a waiting task is ready, and when a job ends and frees the jobs waiting for it."""
 
 from __future__ import annotations
 

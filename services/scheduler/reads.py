@@ -1,5 +1,4 @@
-"""Reads of the scheduler's tables: a job, a task, the job list, a bulk operation's jobs, the
-running tasks, and why a task is where it is."""
+"""Reads of the scheduler's tables: a job, a task, the job list, bulk selections, and why a task waits."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""What the release pass reads and marks: the ready tasks to give idle workers, the hosts a job
-excludes, the tasks no live host may take, and the bookkeeping of dispatched messages."""
+"""The release pass's reads and marks: tasks for idle workers, excluded hosts, dispatched messages."""
 
 from __future__ import annotations
 

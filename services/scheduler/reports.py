@@ -1,5 +1,4 @@
-"""Workers' finish reports off the RPC path: applied, published again after a failure, or set
-aside in corral.reports.dead with the reason."""
+"""Workers' finish reports off the RPC path: applied, published again after a failure, or set aside."""
 
 from __future__ import annotations
 

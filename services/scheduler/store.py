@@ -1,5 +1,6 @@
-"""The scheduler's store, its one public surface: its tables (jobs, tasks, attempts) and every
-state change and read of them, without nameko.
+"""The scheduler's store, its one public surface: its tables and every change and read of them.
+
+The tables are jobs, tasks, their dependencies and attempts; nothing here uses nameko.
 
 Each function that changes state runs in one transaction and returns the events to emit once it
 has committed. Every one is safe to run twice: RPC requests are redelivered when a service dies

@@ -1,5 +1,4 @@
-"""Submitting a job: it, its tasks and their dependencies written in one transaction, once per
-submission key."""
+"""Submitting a job: it, its tasks and their dependencies in one transaction, once per submission key."""
 
 from __future__ import annotations
 
