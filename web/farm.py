@@ -47,9 +47,11 @@ def calls_or_none(*calls: tuple[str, str, dict[str, Any]]) -> list[tuple[Any, st
     asks four services waits for the slowest, not for the four in turn."""
     outcomes = client().call_many(list(calls), token=rpc_token())
 
-    def one(outcome: Any) -> Any:
-        if isinstance(outcome, BaseException):
-            raise outcome
-        return outcome
+    def returning(outcome: Any) -> Callable[[], Any]:
+        def one() -> Any:
+            if isinstance(outcome, BaseException):
+                raise outcome
+            return outcome
+        return one
 
-    return [answer_or_error(lambda outcome=outcome: one(outcome)) for outcome in outcomes]
+    return [answer_or_error(returning(outcome)) for outcome in outcomes]

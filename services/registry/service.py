@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections import Counter
 from typing import Any
 
 from kombu import Connection, Queue
@@ -158,13 +157,11 @@ class RegistryService(Authenticated):
     @rpc(expected_exceptions=EXPECTED_EXCEPTIONS)
     @allow(Role.VIEWER)
     def farm_overview(self) -> dict[str, Any]:
-        workers = store_ops.list_workers(self.core.store)
-        by_state = Counter(w["state"] for w in workers)
-        pools = {w["pool"] for w in workers}
+        by_state, pools, hosts = store_ops.worker_summary(self.core.store)
         queues, reports = self.core.queue_depths(pools)
         return {
-            "workers": dict(by_state),
-            "hosts": sorted({w["host"] for w in workers if w["state"] not in ("left", "lost")}),
+            "workers": by_state,
+            "hosts": hosts,
             "queues": queues,
             "reports": reports,
             "services": store_ops.list_services(self.core.store,

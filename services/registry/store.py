@@ -77,24 +77,41 @@ def identity_of(worker: Worker) -> tuple[str, str]:
     return worker.host, worker.name or worker.worker_id
 
 
-def wanted_state(session: Any, worker: Worker) -> Wanted:
+Controls = dict[tuple[str, str], str]
+"""Every drain or disable kept, read at once: (host, name) -> wanted (see all_controls)."""
+
+
+def all_controls(session: Any) -> Controls:
+    """Every kept control in one query, for answers about many workers at once."""
+    return {(c.host, c.name): c.wanted for c in session.scalars(select(WorkerControl))}
+
+
+def _kept(session: Any, key: tuple[str, str], controls: Controls | None) -> str | None:
+    if controls is not None:
+        return controls.get(key)
+    control = session.get(WorkerControl, key)
+    return None if control is None else str(control.wanted)
+
+
+def wanted_state(session: Any, worker: Worker, controls: Controls | None = None) -> Wanted:
     """What is wanted of this worker now: its own stop, else its identity's control, else its
-    host's, else active."""
+    host's, else active (from `controls` when they were read already)."""
     if worker.stop:
         return Wanted(worker.stop)
-    control = (session.get(WorkerControl, identity_of(worker))
-               or session.get(WorkerControl, (worker.host, EVERY_WORKER)))
-    return Wanted(control.wanted) if control is not None else Wanted.ACTIVE
+    kept = (_kept(session, identity_of(worker), controls)
+            or _kept(session, (worker.host, EVERY_WORKER), controls))
+    return Wanted(kept) if kept is not None else Wanted.ACTIVE
 
 
-def host_wanted(session: Any, host: str) -> Wanted | None:
+def host_wanted(session: Any, host: str, controls: Controls | None = None) -> Wanted | None:
     """The drain or disable kept for a whole host, if any."""
-    control = session.get(WorkerControl, (host, EVERY_WORKER))
-    return Wanted(control.wanted) if control is not None else None
+    kept = _kept(session, (host, EVERY_WORKER), controls)
+    return Wanted(kept) if kept is not None else None
 
 
 def worker_dict(worker: Worker, now: float | None = None,
-                wanted: Wanted = Wanted.ACTIVE, session: Any = None) -> dict[str, Any]:
+                wanted: Wanted = Wanted.ACTIVE, session: Any = None,
+                controls: Controls | None = None) -> dict[str, Any]:
     """A worker as the registry answers; with `session`, what is wanted of its host too
     (`host_wanted`: a pool starts no worker on a drained or disabled host)."""
     data = worker.model_dump(mode="json", exclude={"stop"})
@@ -102,7 +119,7 @@ def worker_dict(worker: Worker, now: float | None = None,
     data["name"] = identity_of(worker)[1]
     data["wanted"] = str(wanted)
     if session is not None:
-        held = host_wanted(session, worker.host)
+        held = host_wanted(session, worker.host, controls)
         data["host_wanted"] = None if held is None else str(held)
     if now is not None:
         data["seen_seconds_ago"] = round(max(0.0, now - worker.last_seen), 3)
@@ -193,7 +210,24 @@ def list_workers(store: Store, alive: bool = False, pool: str | None = None) -> 
         if pool:
             query = query.where(col(Worker.pool) == pool)
         workers = session.scalars(query.order_by(Worker.host, Worker.worker_id)).all()
-        return [worker_dict(w, now, wanted_state(session, w), session) for w in workers]
+        controls = all_controls(session)  # one query, not three per worker
+        return [worker_dict(w, now, wanted_state(session, w, controls), session, controls)
+                for w in workers]
+
+
+def worker_summary(store: Store) -> tuple[dict[str, int], set[str], list[str]]:
+    """Workers by state, the pools any worker serves, and the hosts with a live worker: the
+    farm overview's figures, counted by the database rather than read worker by worker."""
+    with store.read() as session:
+        rows = session.execute(select(col(Worker.state), col(Worker.pool), col(Worker.host),
+                                      func.count()).group_by(col(Worker.state), col(Worker.pool),
+                                                             col(Worker.host))).all()
+    by_state: dict[str, int] = {}
+    for state, _pool, _host, count in rows:
+        by_state[str(state)] = by_state.get(str(state), 0) + int(count)
+    pools = {str(pool) for _state, pool, _host, _count in rows}
+    hosts = sorted({str(host) for state, _pool, host, _count in rows if state in ALIVE_STATES})
+    return by_state, pools, hosts
 
 
 def service_heartbeat(store: Store, service: str, host: str) -> None:

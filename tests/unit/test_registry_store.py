@@ -70,3 +70,14 @@ def test_service_heartbeats_show_which_services_are_alive(registry_store: Store)
     (service,) = ops.list_services(registry_store, alive_within=5)
     assert (service["service"], service["host"], service["alive"]) == \
         ("scheduler", "head01", True)
+
+
+def test_the_overview_summary_counts_workers_by_state_with_their_pools_and_live_hosts(
+        registry_store: Store) -> None:
+    register(registry_store, "w1")
+    register(registry_store, "w2", pool="gpu")
+    ops.register_worker(registry_store, "w3", "render02", "cpu", ["normal"], 1)
+    ops.leave_worker(registry_store, "w3")
+    by_state, pools, hosts = ops.worker_summary(registry_store)
+    assert by_state == {"idle": 2, "left": 1}
+    assert pools == {"cpu", "gpu"} and hosts == ["render01"]
