@@ -2,7 +2,8 @@
 
 Run it with `nameko run --config deploy/config.yaml services.scheduler`. The class is a thin
 adapter: state changes live in services.scheduler.store, release decisions in
-services.scheduler.dispatch, and the in-process release loop in services.scheduler.dispatcher.
+services.scheduler.dispatch, the in-process release loop in services.scheduler.dispatcher, and
+the handling of finish reports in services.scheduler.reports.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import socket
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -36,8 +36,10 @@ from services.scheduler.ownership import (
     submitted_by_caller,
     task_owner,
 )
+from services.scheduler.reports import MAX_REPORT_TRIES as MAX_REPORT_TRIES
+from services.scheduler.reports import apply_finish_report
 from shared import audit, events
-from shared.bands import DEAD_REPORTS_QUEUE, REPORTS_QUEUE, band_for_priority
+from shared.bands import REPORTS_QUEUE, band_for_priority
 from shared.config import settings_from_mapping
 from shared.contracts import LicenseRpc, NegotiatorRpc, RegistryRpc, SchedulerRpc
 from shared.db import Store, create_db_engine
@@ -46,12 +48,9 @@ from shared.errors import (
     CorralError,
     InvalidArgument,
     InvalidSpec,
-    NotFound,
-    StaleLease,
 )
 from shared.identity import Role
 from shared.notify import studio_targets
-from shared.redact import redacted
 from shared.retention import StorageChanged
 from shared.spec import JobPlan, validate_job_spec
 from shared.validation import validate_rpc_arguments
@@ -61,9 +60,6 @@ log = logging.getLogger(__name__)
 
 HELD_BY_STORAGE = ("queued", "dispatched", "no_room")
 """why-codes of tasks that would start but for a storage root short of space."""
-
-MAX_REPORT_TRIES = 8
-"""A finish report that fails this many times (not counting refusals) is set aside."""
 
 
 class SchedulerCore(DependencyProvider):
@@ -337,39 +333,7 @@ class SchedulerService(Authenticated):
         is malformed, or still fails after MAX_REPORT_TRIES, goes to corral.reports.dead with
         the reason, for a person to look at: a poison report never loops, and none is lost.
         """
-        try:
-            fields = store_ops.finish_report_fields(report)
-        except ValueError as exc:
-            self._bury_report(report, f"malformed: {exc}")
-            return
-        try:
-            outcome = store_ops.finish_task(self.core.store, **fields,
-                                            refusals=self.core.refusals)
-        except (StaleLease, NotFound) as exc:
-            log.warning("finish report refused: %s", exc)
-            return
-        except Exception as exc:
-            self._retry_report(report, exc)
-            return
-        self.core.request_release()
-        self._emit(outcome.events)
-
-    def _retry_report(self, report: dict[str, Any], error: Exception) -> None:
-        tries = int(report.get("tries") or 0) + 1
-        if tries >= MAX_REPORT_TRIES:
-            self._bury_report(report, f"failed {tries} times, last: {error!r}")
-            return
-        log.warning("finish report of task %s failed (%r); trying again (%d of %d)",
-                    report.get("task_id"), error, tries, MAX_REPORT_TRIES)
-        eventlet.sleep(min(0.1 * 2 ** tries, 10.0))
-        # If this publish fails too, the error reaches nameko, which puts the original back.
-        self.core.send(REPORTS_QUEUE, {**report, "tries": tries})
-
-    def _bury_report(self, report: dict[str, Any], why: str) -> None:
-        log.error("finish report %r cannot be applied (%s): kept in %s", redacted(report), why,
-                  DEAD_REPORTS_QUEUE)
-        self.core.send(DEAD_REPORTS_QUEUE, {"report": report, "error": why,
-                                            "at": time.time()})
+        apply_finish_report(self.core, report, self._emit)
 
     @rpc(expected_exceptions=EXPECTED_EXCEPTIONS)
     @allow(Role.WORKER)

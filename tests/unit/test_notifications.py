@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from services.common.trouble import Troubles
-from services.scheduler import notifications
+from services.scheduler import notifications, readiness
 from services.scheduler import retention as retention_ops
 from services.scheduler import store as ops
 from services.scheduler.notify_sender import NotificationSender
@@ -259,7 +259,8 @@ def test_a_job_end_that_rolls_back_leaves_no_delivery_and_the_next_end_one(
     def crash(job: Any) -> Any:
         raise RuntimeError("the scheduler died before the commit")
 
-    monkeypatch.setattr(ops, "job_finished_event", crash)
+    # The job's end is written where finish_task ends it (services.scheduler.readiness).
+    monkeypatch.setattr(readiness, "job_finished_event", crash)
     with pytest.raises(RuntimeError):
         ops.finish_task(scheduler_store, task["id"], token, 0)
     assert ops.get_job(scheduler_store, job["id"], task_limit=0)["state"] == "running"
