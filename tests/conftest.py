@@ -8,6 +8,7 @@ import os
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -73,3 +74,12 @@ def new_postgres_database() -> Iterator[Callable[[], str]]:
     """Makes empty PostgreSQL databases for one test (each call a new one), dropped afterwards."""
     with ExitStack() as stack:
         yield lambda: stack.enter_context(_postgres_database())
+
+
+@pytest.fixture
+def outside(tmp_path: Path) -> Path:
+    """A folder outside the storage root that a payload tries to get removed."""
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "keep.txt").write_text("not Corral's")
+    return precious

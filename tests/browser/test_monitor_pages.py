@@ -1,22 +1,14 @@
 """The monitor in a real browser against a real farm: what an artist and a wrangler see and do."""
 
-import os
 import time
 from pathlib import Path
 
 from playwright.sync_api import Page, expect
 
 from shared.identity import Role
+from tests.farm import pid_alive
 from tests.web.conftest import Monitor
 from web.rpc import RpcClient
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def add_user(monitor: Monitor, username: str, role: Role, password: str) -> None:

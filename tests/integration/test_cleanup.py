@@ -35,15 +35,6 @@ def first_task(farm: Farm, job_id: int) -> dict[str, Any]:
 
 
 @pytest.fixture
-def outside(tmp_path: Path) -> Path:
-    """A folder outside the storage root that a payload tries to get removed."""
-    precious = tmp_path / "precious"
-    precious.mkdir()
-    (precious / "keep.txt").write_text("not Corral's")
-    return precious
-
-
-@pytest.fixture
 def cleaned_events(amqp_uri: str) -> Iterator[Callable[[], list[dict[str, Any]]]]:
     """Reads every storage_cleaned event the cleanup service has sent, from a queue of our own."""
     connection = Connection(amqp_uri)

@@ -1,18 +1,9 @@
 """Job control and fairness with real workers: pause, resume, cancel, retry, reprioritise."""
 
-import os
 import time
 from pathlib import Path
 
-from tests.farm import Farm
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+from tests.farm import Farm, pid_alive
 
 
 def running_count(farm: Farm, job_id: int) -> int:

@@ -20,14 +20,6 @@ def root(tmp_path: Path) -> Path:
     return base
 
 
-@pytest.fixture
-def outside(tmp_path: Path) -> Path:
-    precious = tmp_path / "precious"
-    precious.mkdir()
-    (precious / "keep.txt").write_text("not Corral's")
-    return precious
-
-
 def test_a_jobs_folder_is_removed_with_its_size_counted(root: Path) -> None:
     removal = storage.remove(root, "logs/7")
     assert not (root / "logs" / "7").exists()
