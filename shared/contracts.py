@@ -72,10 +72,11 @@ class SchedulerRpc(Protocol):
         """Wranglers: this service's own audit entries (the registry's list_audit gathers every service's)."""
 
     # Read-only figures for the monitor's overview and /metrics.
-    def farm_stats(self, minutes: int = 60, histogram: bool = False) -> dict[str, Any]:
+    def farm_stats(self, minutes: int = 60, histogram: bool = False,
+                   backlog: bool = False) -> dict[str, Any]:
         """Tasks by state, attempts by outcome, tasks finished per minute over the last
-        hour, the backlog (tasks not started) per pool and band by state, and a run-time
-        histogram, for the monitor and `corral status`."""
+        hour, with `backlog` the tasks not started per pool and band by state (`corral status`),
+        and with `histogram` a run-time histogram, for the monitor."""
 
     def claim_task(self, task_id: int, attempt: int, worker_id: str,
                    host: str | None = None) -> dict[str, Any]:

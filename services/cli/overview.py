@@ -97,7 +97,7 @@ def _backlog(rpc: Any) -> tuple[list[dict[str, Any]] | None, str | None]:
     from nameko.exceptions import RpcTimeout
 
     try:
-        return list(rpc.scheduler.farm_stats(minutes=1)["backlog"]), None
+        return list(rpc.scheduler.farm_stats(minutes=1, backlog=True)["backlog"]), None
     except (ServiceUnavailable, RpcTimeout, TimeoutError) as exc:
         return None, f"tasks waiting in the database are not shown: {exc or 'no answer'}"
 

@@ -283,10 +283,11 @@ class SchedulerService(Authenticated):
 
     @rpc(expected_exceptions=EXPECTED_EXCEPTIONS)
     @allow(Role.VIEWER)
-    def farm_stats(self, minutes: int = 60, histogram: bool = False) -> dict[str, Any]:
+    def farm_stats(self, minutes: int = 60, histogram: bool = False,
+                   backlog: bool = False) -> dict[str, Any]:
         if isinstance(minutes, bool) or not isinstance(minutes, int) or not 1 <= minutes <= 1440:
             raise InvalidSpec(f"minutes: {minutes!r} is not a whole number from 1 to 1440")
-        return farm_stats_ops.farm_stats(self.core.store, minutes, bool(histogram))
+        return farm_stats_ops.farm_stats(self.core.store, minutes, bool(histogram), bool(backlog))
 
     # --- the worker's side of a task ------------------------------------------------------------
 

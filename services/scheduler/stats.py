@@ -20,10 +20,11 @@ BACKLOG_STATES = (TaskState.WAITING, TaskState.QUEUED, TaskState.PAUSED, TaskSta
 queue depths, since most of a backlog waits in the database, not in a queue."""
 
 
-def farm_stats(store: Store, minutes: int = 60, histogram: bool = False) -> dict[str, Any]:
+def farm_stats(store: Store, minutes: int = 60, histogram: bool = False,
+               backlog: bool = False) -> dict[str, Any]:
     """Tasks by state, attempts by how they ended, tasks finished in each of the last `minutes`
-    minutes (oldest first), the backlog per pool and band, and with `histogram` the run times
-    of finished attempts."""
+    minutes (oldest first), with `backlog` the tasks not started per pool and band, and with
+    `histogram` the run times of finished attempts."""
     with store.read() as session:
         now = store.now(session)
         tasks = {str(state): int(count) for state, count in session.execute(
@@ -40,8 +41,9 @@ def farm_stats(store: Store, minutes: int = 60, histogram: bool = False) -> dict
             if 0 <= age < minutes:
                 per_minute[minutes - 1 - age] += 1
         answer: dict[str, Any] = {"at": now, "tasks": tasks, "attempts": ended,
-                                  "finished_per_minute": per_minute,
-                                  "backlog": _backlog(session)}
+                                  "finished_per_minute": per_minute}
+        if backlog:
+            answer["backlog"] = _backlog(session)
         if histogram:
             answer["durations"] = _durations(session)
     return answer
