@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -40,12 +41,18 @@ from bench.dispatch import percentile
 from shared import events
 from shared.identity import Role, issue_token
 from tests.farm import AMQP_HOST, ROOT, Farm, create_vhost, delete_vhost
-from web.rpc import RpcClient
+from web.rpc import RpcClient, ServiceUnavailable
 
 SHIPPED_TIMINGS = {"CORRAL_HEARTBEAT_SECONDS": "3", "CORRAL_LEASE_SECONDS": "20",
                    "CORRAL_WORKER_LOST_AFTER": "10", "CORRAL_REDISPATCH_SECONDS": "30",
                    "CORRAL_RPC_TIMEOUT": "10"}
 POOL = "sim"
+START_PATIENCE = 180.0
+"""Seconds a fleet may take to register before its size counts as not reached."""
+
+
+class FleetDidNotStart(Exception):
+    """The registry did not take every simulated worker's registration in time."""
 
 
 class LostWatcher:
@@ -89,10 +96,15 @@ class Fleet:
              self.prefix, "--pool", POOL, "--run-seconds", str(run_seconds)],
             env=farm.env, cwd=ROOT, stdout=subprocess.PIPE, text=True)
         assert self.process.stdout is not None
-        line = self.process.stdout.readline()  # blocks until every worker has registered
+        started = time.monotonic()
+        # Every worker has registered when it says so; a registry too slow for that is a figure.
+        ready, _, _ = select.select([self.process.stdout], [], [], START_PATIENCE)
+        line = self.process.stdout.readline() if ready else ""
         if line.strip() != "ready":
             self.process.kill()
-            raise RuntimeError(f"the simulated fleet did not start: {line!r}")
+            self.process.wait()
+            raise FleetDidNotStart(f"{size} simulated workers were not all registered after "
+                                   f"{time.monotonic() - started:.0f} s")
         self.psutil = psutil.Process(self.process.pid)
 
     def stop(self) -> dict[str, Any]:
@@ -107,7 +119,10 @@ def poll_overview(rpc: RpcClient, token: str, every: float, stop: threading.Even
     """Ask for the farm overview every `every` seconds, as the monitor's page does, until `stop`."""
     while not stop.is_set():
         asked = time.perf_counter()
-        rpc.call("registry", "farm_overview", token=token)
+        try:
+            rpc.call("registry", "farm_overview", token=token)
+        except ServiceUnavailable:
+            pass  # no answer within the client's timeout: counted as that long
         took = time.perf_counter() - asked
         samples.append(took * 1000)
         stop.wait(max(0.0, every - took))
@@ -127,16 +142,21 @@ def measure(farm: Farm, rpc: RpcClient, tokens: dict[str, str], fleet: Fleet, se
     poller = threading.Thread(target=poll_overview,
                               args=(rpc, tokens["viewer"], 0.5, stop, overview_ms))
     jobs: list[int] = []
+    sent = 0
     started = time.monotonic()
     poller.start()
     try:
         while (now := time.monotonic()) < started + seconds:
             if task_rate:
-                job = rpc.call("scheduler", "submit_job", token=tokens["submit"], spec={
-                    "name": f"{fleet.prefix}-{len(jobs)}", "user": "bench", "pool": POOL,
-                    "tasks": [{"command": ["true"]} for _ in range(task_rate)]})
-                jobs.append(int(job["id"]))
-            time.sleep(max(0.0, started + len(jobs) + 1 - time.monotonic()) if task_rate
+                sent += 1
+                try:
+                    job = rpc.call("scheduler", "submit_job", token=tokens["submit"], spec={
+                        "name": f"{fleet.prefix}-{sent}", "user": "bench", "pool": POOL,
+                        "tasks": [{"command": ["true"]} for _ in range(task_rate)]})
+                    jobs.append(int(job["id"]))
+                except ServiceUnavailable:
+                    pass  # the scheduler did not answer in time: one job fewer
+            time.sleep(max(0.0, started + sent - time.monotonic()) if task_rate
                        else max(0.0, started + seconds - now))
         elapsed = time.monotonic() - started
         cpu = {name: 100 * (cpu_seconds(process) - before[name]) / elapsed
@@ -164,8 +184,11 @@ def unfinished(rpc: RpcClient, token: str, jobs: list[int], wait: float) -> int:
     deadline = time.monotonic() + wait
     left = list(jobs)
     while left and time.monotonic() < deadline:
-        left = [job for job in left if rpc.call("scheduler", "get_job", token=token, job_id=job,
-                                                 task_limit=1)["state"] != "done"]
+        try:
+            left = [job for job in left if rpc.call("scheduler", "get_job", token=token,
+                                                     job_id=job, task_limit=1)["state"] != "done"]
+        except ServiceUnavailable:
+            pass  # ask again
         if left:
             time.sleep(0.5)
     return len(left)
@@ -174,10 +197,14 @@ def unfinished(rpc: RpcClient, token: str, jobs: list[int], wait: float) -> int:
 def run_level(farm: Farm, rpc: RpcClient, tokens: dict[str, str], watcher: LostWatcher,
               size: int, args: argparse.Namespace) -> dict[str, Any]:
     watcher.lost()  # whatever came before this fleet is not its business
-    fleet = Fleet(farm, size, args.run_seconds)
+    try:
+        fleet = Fleet(farm, size, args.run_seconds)
+    except FleetDidNotStart as exc:
+        return {"workers": size, "not_reached": str(exc)}
     try:
         time.sleep(args.warmup)  # registration's burst is over; heartbeats are spread out
-        figures = measure(farm, rpc, tokens, fleet, args.measure, args.task_rate)
+        # No workers, no tasks: they would only wait, and run in the next fleet's window.
+        figures = measure(farm, rpc, tokens, fleet, args.measure, args.task_rate if size else 0)
         lost = [worker for worker in watcher.lost() if worker.startswith(fleet.prefix + "-")]
         left = unfinished(rpc, tokens["submit"], figures.pop("jobs"), 30)
     finally:
@@ -194,7 +221,8 @@ def table(rows: list[dict[str, Any]]) -> str:
                ("registry waited %", "registry_waited_pct"), ("load", "load_average")]
     lines = ["| " + " | ".join(title for title, _ in columns) + " |",
              "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(str(row[key]) for _, key in columns) + " |" for row in rows]
+    lines += ["| " + " | ".join(str(row.get(key, "-")) for _, key in columns) + " |"
+              + (f" {row['not_reached']}" if "not_reached" in row else "") for row in rows]
     return "\n".join(lines)
 
 
