@@ -50,6 +50,7 @@ from shared.errors import (
     InvalidSpec,
 )
 from shared.identity import Role
+from shared.leases import lost_report_grace
 from shared.notify import studio_targets
 from shared.retention import StorageChanged
 from shared.spec import JobPlan, validate_job_spec
@@ -466,7 +467,8 @@ class SchedulerService(Authenticated):
         if core.troubles.run("lease sweep",
                              lambda: core.may_expire_leases(self._broker_answers()
                                                              and core.reports_consumed())):
-            lost = core.troubles.run("lease sweep", lambda: store_ops.expire_leases(core.store))
+            lost = core.troubles.run("lease sweep", lambda: store_ops.expire_leases(
+                core.store, lost_report_grace(core.settings)))
             for item in lost or ():
                 log.warning("task %(task_id)s: lease of worker %(worker_id)s expired", item)
         core.troubles.run("aging", core.age_if_due)
