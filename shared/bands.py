@@ -66,6 +66,14 @@ DEAD_REPORTS_QUEUE = "corral.reports.dead"
 """Finish reports the scheduler could not apply, kept for a person to look at."""
 """Durable queue of workers' finish reports: published with confirms, applied by the scheduler."""
 
+HEARTBEATS_QUEUE = "corral.heartbeats"
+"""Durable queue of workers' heartbeats (shared.heartbeat.Heartbeat): published with confirms and
+no reply, applied by the registry in batches."""
+HEARTBEATS_QUEUE_ARGUMENTS = {"x-max-length": 100_000, "x-overflow": "drop-head"}
+"""What the heartbeat queue is declared with, by workers and the registry alike: a registry down
+for long drops the oldest heartbeats (each worker's newest are what count) rather than fill the
+broker's memory."""
+
 
 def queue_name(pool: str, band: str) -> str:
     """The durable RabbitMQ queue for one pool and band, e.g. corral.cpu.normal."""

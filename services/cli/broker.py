@@ -6,12 +6,13 @@ compose runs it inside its RabbitMQ container, deploy/rabbitmq/users.sh) that ma
 beside the services' own one:
 
 - the worker user (workers and pools): may publish on `nameko-rpc` only the worker-facing methods'
-  routing keys (`scheduler.claim_task`, `registry.worker_heartbeat`...), consume the band queues
-  and publish finish reports;
+  routing keys (`scheduler.claim_task`, `registry.worker_heartbeat`...), consume the band queues,
+  publish finish reports and heartbeats (`corral.reports`, `corral.heartbeats`) and hear the
+  scheduler's and the registry's events;
 - the client user (the CLI, pipeline scripts, the monitor): may publish on `nameko-rpc` only the
   people's methods' routing keys, and use its reply queue; no band queue, no default exchange.
 
-The worker user publishes finish reports through the default exchange, which RabbitMQ cannot
+The worker user publishes finish reports and heartbeats through the default exchange, which RabbitMQ cannot
 restrict by routing key: the worker credential (a token) stays what keeps a worker from calling
 people's methods. The script reads VHOST, WORKER_USER, WORKER_PASSWORD, CLIENT_USER and
 CLIENT_PASSWORD from its environment.
@@ -58,11 +59,12 @@ def permission_regexes() -> dict[str, dict[str, str]]:
     worker_keys = keys["worker"] + keys["both"]
     people_keys = keys["people"] + keys["both"]
     worker_queues = r"nameko-rpc|scheduler\.events|corral\..*|rpc\.reply-corral_(worker|pool)-.*|amq\.gen-.*"
+    heard = r"|registry\.events"  # declared and bound to, never published to
     client_queues = r"nameko-rpc|rpc\.reply-standalone_rpc_proxy-.*"
     return {
-        "worker": {"configure": f"^({worker_queues})$",
+        "worker": {"configure": f"^({worker_queues}{heard})$",
                    "write": f"^({worker_queues}|amq\\.default)$",
-                   "read": f"^({worker_queues})$",
+                   "read": f"^({worker_queues}{heard})$",
                    "topic": _alternatives(worker_keys)},
         "client": {"configure": f"^({client_queues})$", "write": f"^({client_queues})$",
                    "read": f"^({client_queues})$", "topic": _alternatives(people_keys)},

@@ -208,6 +208,11 @@ class Caller:
                      action=action, target=target, origin=self.origin,
                      detail=audit.audit_detail(dict(arguments)))
 
+    def verify(self, token: object) -> Identity:
+        """The identity any token names, as a call's is checked (Unauthenticated when bad): for
+        messages that carry a token without being calls (published heartbeats)."""
+        return self._access.verifier.verify(token)
+
     def revoke(self, token_id: str) -> None:
         self._access.verifier.revoke(token_id)
 

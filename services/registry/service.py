@@ -24,13 +24,15 @@ from services.common.ask import ask
 from services.common.entrypoints import rpc
 from services.registry import accounts, control
 from services.registry import store as store_ops
+from services.registry.heartbeat_intake import BATCH_EVERY, HeartbeatIntake
 from services.registry.queue_probe import QueueProbe
 from shared import audit
-from shared.bands import DEAD_REPORTS_QUEUE, REPORTS_QUEUE, queue_name
+from shared.bands import DEAD_REPORTS_QUEUE, HEARTBEATS_QUEUE, REPORTS_QUEUE, queue_name
 from shared.config import Settings, settings_from_mapping
 from shared.credentials import farm_secret
 from shared.db import Store, create_db_engine
 from shared.errors import EXPECTED_EXCEPTIONS
+from shared.heartbeat import Heartbeat
 from shared.identity import Role
 from shared.validation import validate_rpc_arguments
 
@@ -45,6 +47,7 @@ class RegistryState:
         self.store = store
         self.secret = farm_secret(settings)  # signs the tokens the registry issues
         self.queues = QueueProbe(settings.amqp_uri)
+        self.heartbeats = HeartbeatIntake(settings.amqp_uri)
 
     def queue_depths(self, pools: set[str]) -> tuple[list[dict[str, Any]], dict[str, int]]:
         """Messages and consumers of every pool-and-band queue, and the finish reports waiting
@@ -69,6 +72,7 @@ class RegistryCore(DependencyProvider):
 
     def stop(self) -> None:
         self.state.queues.close()
+        self.state.heartbeats.close()
         self.state.store.dispose()
 
     def get_dependency(self, worker_ctx: Any) -> RegistryState:
@@ -97,15 +101,20 @@ class RegistryService(Authenticated):
     @allow(Role.WORKER)
     def register_worker(self, worker_id: str, host: str, pool: str, bands: list[str],
                         pid: int | None = None, name: str | None = None) -> dict[str, Any]:
+        """Join the farm; the reply says what is wanted of the worker, and `heartbeats` names
+        the queue to publish heartbeats to (shared.heartbeat): a registry without it wants
+        them by `worker_heartbeat`."""
         reply, emitted = store_ops.register_worker(self.core.store, worker_id, host, pool,
                                                    list(bands), pid, name)
         self._emit(emitted)
-        return reply
+        return {**reply, "heartbeats": HEARTBEATS_QUEUE}
 
     @rpc(expected_exceptions=EXPECTED_EXCEPTIONS)
     @allow(Role.WORKER)
     def worker_heartbeat(self, worker_id: str, state: str,
                          current_task: int | None = None) -> dict[str, Any]:
+        """A heartbeat with a reply (what is wanted of the worker, `known`), for workers that
+        do not publish theirs to the heartbeat queue."""
         reply, emitted = store_ops.worker_heartbeat(self.core.store, worker_id, state,
                                                     current_task)
         self._emit(emitted)
@@ -237,10 +246,21 @@ class RegistryService(Authenticated):
         """Delete workers that left or were lost more than `gone_for_seconds` ago."""
         return store_ops.forget_workers(self.core.store, float(gone_for_seconds))
 
+    @timer(interval=BATCH_EVERY)
+    def take_heartbeats(self) -> None:
+        """Apply the heartbeats workers published since the last batch (heartbeat_intake)."""
+        self.core.heartbeats.take(self.access.verify, self._apply_heartbeats)
+
+    def _apply_heartbeats(self, beats: list[Heartbeat]) -> None:
+        self._emit(store_ops.apply_heartbeats(self.core.store, beats))
+
     @timer(interval=1)
     def find_lost_workers(self) -> None:
+        unheard = self.core.heartbeats.unheard_seconds()
+        if unheard is None:
+            return  # the heartbeats waiting since our start are not all applied yet
         self._emit(store_ops.mark_lost_workers(self.core.store,
-                                               self.core.settings.worker_lost_after))
+                                               self.core.settings.worker_lost_after, unheard))
 
     @timer(interval=2, eager=True)
     def report_in(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from enum import StrEnum
 from typing import Any
 
@@ -13,7 +14,10 @@ from sqlmodel import Field, SQLModel, col
 from shared import audit, events
 from shared.db import Store
 from shared.errors import InvalidArgument
+from shared.heartbeat import Heartbeat
 from shared.worker_control import EVERY_WORKER, Wanted
+
+log = logging.getLogger(__name__)
 
 Emitted = list[tuple[str, dict[str, Any]]]
 
@@ -132,47 +136,104 @@ def _joined(worker: Worker, wanted: Wanted) -> tuple[str, dict[str, Any]]:
                                    "wanted": str(wanted)})
 
 
-def register_worker(store: Store, worker_id: str, host: str, pool: str, bands: list[str],
-                    pid: int | None, name: str | None = None) -> tuple[dict[str, Any], Emitted]:
-    """Record a worker joining; the reply says what is wanted of it (kept across restarts)."""
+def _check_name(name: str | None) -> None:
     if name == EVERY_WORKER:
         raise InvalidArgument(f"name: {EVERY_WORKER!r} stands for every worker of a host; "
                               "choose another name")
+
+
+def _record_join(session: Any, now: float, worker: Worker | None, worker_id: str, host: str,
+                 pool: str, bands: list[str], pid: int | None, name: str | None) -> Worker:
+    """The worker's row as it (re)joins: added, or taken back to idle with what it says now."""
+    if worker is None:
+        worker = Worker(worker_id=worker_id, host=host, pool=pool, bands=json.dumps(bands),
+                        pid=pid, started_at=now, last_seen=now, name=name)
+        session.add(worker)
+    else:
+        worker.host, worker.pool, worker.bands, worker.pid = host, pool, json.dumps(bands), pid
+        worker.state, worker.last_seen, worker.left_at = WorkerState.IDLE, now, None
+        worker.name = name
+    return worker
+
+
+def register_worker(store: Store, worker_id: str, host: str, pool: str, bands: list[str],
+                    pid: int | None, name: str | None = None) -> tuple[dict[str, Any], Emitted]:
+    """Record a worker joining; the reply says what is wanted of it (kept across restarts)."""
+    _check_name(name)
     with store.write() as session:
         now = store.now(session)
-        worker = session.get(Worker, worker_id)
-        if worker is None:
-            worker = Worker(worker_id=worker_id, host=host, pool=pool, bands=json.dumps(bands),
-                            pid=pid, started_at=now, last_seen=now, name=name)
-            session.add(worker)
-        else:
-            worker.host, worker.pool, worker.bands, worker.pid = host, pool, json.dumps(bands), pid
-            worker.state, worker.last_seen, worker.left_at = WorkerState.IDLE, now, None
-            worker.name = name
+        worker = _record_join(session, now, session.get(Worker, worker_id), worker_id, host,
+                              pool, bands, pid, name)
         wanted = wanted_state(session, worker)
         return worker_dict(worker, now, wanted), [_joined(worker, wanted)]
 
 
+def _record_beat(worker: Worker, now: float, state: str, current_task: int | None,
+                 wanted: Wanted) -> Emitted:
+    """A heartbeat on a known worker's row; a worker we had given up on comes back (and says so)."""
+    if state not in ALIVE_STATES:
+        state = WorkerState.BUSY if current_task else WorkerState.IDLE
+    emitted: Emitted = []
+    if worker.state in (WorkerState.LOST, WorkerState.LEFT):
+        emitted.append(_joined(worker, wanted))
+        worker.left_at = None
+    worker.state, worker.current_task, worker.last_seen = state, current_task, now
+    return emitted
+
+
 def worker_heartbeat(store: Store, worker_id: str, state: str,
                      current_task: int | None) -> tuple[dict[str, Any], Emitted]:
-    """Record a heartbeat; a worker we had given up on comes back to life (and says so).
+    """Record a heartbeat (the `worker_heartbeat` RPC); an unknown worker is asked to register.
 
     The reply says what is wanted of the worker (`wanted`, a shared.worker_control.Wanted).
     """
-    if state not in ALIVE_STATES:
-        state = WorkerState.BUSY if current_task else WorkerState.IDLE
     with store.write() as session:
         now = store.now(session)
         worker = session.get(Worker, worker_id)
         if worker is None:
             return {"known": False}, []
-        emitted: Emitted = []
         wanted = wanted_state(session, worker)
-        if worker.state in (WorkerState.LOST, WorkerState.LEFT):
-            emitted.append(_joined(worker, wanted))
-            worker.left_at = None
-        worker.state, worker.current_task, worker.last_seen = state, current_task, now
+        emitted = _record_beat(worker, now, state, current_task, wanted)
         return {"known": True, "wanted": str(wanted)}, emitted
+
+
+def apply_heartbeats(store: Store, beats: list[Heartbeat]) -> Emitted:
+    """Record many published heartbeats (shared.heartbeat) in one transaction.
+
+    Each worker's last heartbeat of the batch counts. A worker the registry has no row of joins
+    from its heartbeat; one that left is not brought back (its last heartbeat can arrive after
+    it said goodbye). Workers that obey something else than what is wanted of them (they missed
+    a `worker_controlled` event) are told again, in one `worker_controlled` event.
+    """
+    last = {beat.worker_id: beat for beat in beats}
+    emitted: Emitted = []
+    mistaken: dict[str, str] = {}
+    with store.write() as session:
+        now = store.now(session)
+        rows = {w.worker_id: w for w in session.scalars(
+            select(Worker).where(col(Worker.worker_id).in_(list(last))))}
+        controls = all_controls(session)
+        for worker_id, beat in last.items():
+            worker = rows.get(worker_id)
+            if worker is not None and worker.state == WorkerState.LEFT:
+                continue
+            joining = worker is None
+            if worker is None:
+                if beat.name == EVERY_WORKER:
+                    log.warning("heartbeat of %s refused: its name %r is reserved", worker_id,
+                                beat.name)
+                    continue
+                worker = _record_join(session, now, None, worker_id, beat.host, beat.pool,
+                                      list(beat.bands), beat.pid, beat.name)
+            wanted = wanted_state(session, worker, controls)
+            if joining:
+                emitted.append(_joined(worker, wanted))
+            emitted += _record_beat(worker, now, beat.state, beat.current_task, wanted)
+            if wanted is not beat.wanted:
+                mistaken[worker_id] = str(wanted)
+    if mistaken:
+        emitted.append((events.WORKER_CONTROLLED, {"workers": mistaken}))
+    return emitted
 
 
 def leave_worker(store: Store, worker_id: str) -> tuple[dict[str, Any], Emitted]:
@@ -186,12 +247,17 @@ def leave_worker(store: Store, worker_id: str) -> tuple[dict[str, Any], Emitted]
         return worker_dict(worker, now, wanted_state(session, worker)), [left]
 
 
-def mark_lost_workers(store: Store, lost_after: float) -> Emitted:
-    """Workers silent for longer than `lost_after` seconds are lost."""
+def mark_lost_workers(store: Store, lost_after: float, unheard_seconds: float = 0.0) -> Emitted:
+    """Workers silent for longer than `lost_after` seconds are lost.
+
+    `unheard_seconds`: how far behind the registry is with the heartbeats waiting in its queue
+    (services.registry.heartbeat_intake); that time is not counted as anyone's silence.
+    """
     with store.write() as session:
         now = store.now(session)
         silent = session.scalars(select(Worker).where(
-            col(Worker.state).in_(ALIVE_STATES), col(Worker.last_seen) < now - lost_after)).all()
+            col(Worker.state).in_(ALIVE_STATES),
+            col(Worker.last_seen) < now - max(0.0, unheard_seconds) - lost_after)).all()
         emitted: Emitted = []
         for worker in silent:
             worker.state = WorkerState.LOST

@@ -1,7 +1,8 @@
 """A worker's obedience to what the registry wants of it: take work, drain, be disabled, or stop.
 
-The registry answers every registration and heartbeat with the wanted state
-(shared.worker_control); this module turns a change of it into the worker's actions: stop
+The registry answers every registration with the wanted state (shared.worker_control), sends a
+change of it by its `worker_controlled` event, and answers a heartbeat sent by RPC with it; this
+module turns a change of it into the worker's actions: stop
 consuming its band queues (drain, disable), consume again (enable), or leave (stop: after the
 running task, or at once with the task handed back uncharged). The running task of a drained or
 disabled worker finishes as usual. It also gives a worker started without `--name` its name.
@@ -44,6 +45,12 @@ class Obedience:
         if busy or self.wanted in (Wanted.STOP, Wanted.STOP_NOW):
             return "draining"
         return "drained" if self.wanted is Wanted.DRAIN else "disabled"
+
+    async def hear_event(self, payload: Mapping[str, Any], worker_id: str) -> None:
+        """Act on the registry's `worker_controlled` event if it names this worker."""
+        workers = payload.get("workers") if isinstance(payload, Mapping) else None
+        if isinstance(workers, Mapping) and worker_id in workers:
+            await self.hear({"wanted": workers[worker_id]})
 
     async def hear(self, reply: Mapping[str, Any] | None) -> None:
         """Act on the `wanted` of a registry reply, if it says something new."""

@@ -1,5 +1,11 @@
 """A worker's line to the farm: the broker connection and its reconnects, joining the registry,
-heartbeats (and the wanted state they bring back), finish reports, and RPC calls with retries.
+heartbeats, what the registry wants of the worker, finish reports, and RPC calls with retries.
+
+Heartbeats are published without a reply to the queue the registry named when the worker
+registered (shared.heartbeat); what is wanted of the worker comes by the registry's
+`worker_controlled` event, told again by the registry while a heartbeat says the worker obeys
+something else. A registry that names no queue (an older one) is sent the `worker_heartbeat`
+RPC, whose reply says what is wanted and whether the registry knows the worker.
 
 `FarmLink` is the part of services.worker.main.Worker that talks to the broker; the worker's
 own work (consuming, claiming, running) stays there.
@@ -11,6 +17,7 @@ import asyncio
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +32,8 @@ from shared.bands import REPORTS_QUEUE, queue_name
 from shared.config import Settings
 from shared.credentials import worker_credential
 from shared.errors import StaleLease
+from shared.heartbeat import Heartbeat
+from shared.identity import CONTEXT_KEY
 from shared.resources import HostTotals, replaced_totals_note
 
 if TYPE_CHECKING:
@@ -56,6 +65,7 @@ class FarmLink:
     _connected: asyncio.Event
     _draining: asyncio.Event
     _stopped: asyncio.Event
+    _heartbeats_to: str | None = None  # the registry's heartbeat queue; None: by RPC
 
     async def _start_consuming(self) -> None:
         raise NotImplementedError
@@ -135,12 +145,19 @@ class FarmLink:
                 delay = min(delay * 2, 2.0)
 
     async def _listen_for_cancels(self, connection: AbstractConnection) -> None:
+        """Hear the scheduler's cancels and the registry's wanted states, as they are sent."""
         channel = await connection.channel()
-        exchange = await channel.declare_exchange("scheduler.events", aio_pika.ExchangeType.TOPIC,
-                                                  durable=True)
-        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
-        await queue.bind(exchange, routing_key=events.TASK_CANCELLED)
-        await queue.consume(self._on_cancel_event, no_ack=True)
+        for service, event, handler in (
+                ("scheduler", events.TASK_CANCELLED, self._on_cancel_event),
+                ("registry", events.WORKER_CONTROLLED, self._on_controlled_event)):
+            exchange = await channel.declare_exchange(f"{service}.events",
+                                                      aio_pika.ExchangeType.TOPIC, durable=True)
+            queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+            await queue.bind(exchange, routing_key=event)
+            await queue.consume(handler, no_ack=True)
+
+    async def _on_controlled_event(self, message: AbstractIncomingMessage) -> None:
+        await self.control.hear_event(json.loads(message.body), self.worker_id)
 
     async def _on_cancel_event(self, message: AbstractIncomingMessage) -> None:
         payload = json.loads(message.body)
@@ -156,6 +173,7 @@ class FarmLink:
             "registry", "register_worker", timeout=self.settings.rpc_timeout_seconds,
             worker_id=self.worker_id, host=self.host, pool=self.pool, bands=self.bands,
             pid=os.getpid(), name=self.name)
+        self._heartbeats_to = reply.get("heartbeats") if isinstance(reply, dict) else None
         await self.control.hear(reply)
 
     async def _report_host(self) -> None:
@@ -236,17 +254,46 @@ class FarmLink:
             await asyncio.sleep(self.settings.heartbeat_seconds)
             if self._draining.is_set():
                 return  # we have left the registry; a heartbeat would bring us back
-            state = self.control.state(busy=self.current is not None)
             try:
-                reply = await self._rpc_call(
-                    "registry", "worker_heartbeat", worker_id=self.worker_id, state=state,
-                    current_task=self.current.task_id if self.current else None)
-                if not reply.get("known"):
-                    await self._register()
-                else:
-                    await self.control.hear(reply)
+                if not await self._publish_heartbeat():
+                    await self._rpc_heartbeat()
             except RpcUnavailable as exc:
                 log.warning("heartbeat to the registry failed: %s", exc)
+
+    async def _publish_heartbeat(self) -> bool:
+        """Publish a heartbeat to the registry's queue (confirmed, no reply awaited); False when
+        the registry takes none that way or it could not be handed to the broker."""
+        queue, channel = self._heartbeats_to, self._reports
+        if queue is None or channel is None or channel.is_closed or self._rpc is None \
+                or not self._connected.is_set():
+            return False
+        beat = Heartbeat(worker_id=self.worker_id,
+                         state=self.control.state(busy=self.current is not None),
+                         current_task=self.current.task_id if self.current else None,
+                         wanted=self.control.wanted, host=self.host, pool=self.pool,
+                         bands=list(self.bands), pid=os.getpid(), name=self.name,
+                         sent_at=time.time())
+        try:
+            await channel.default_exchange.publish(
+                aio_pika.Message(beat.model_dump_json().encode(), content_type="application/json",
+                                 headers={f"nameko.{CONTEXT_KEY}": self._rpc.token}),
+                routing_key=queue, timeout=self.settings.rpc_timeout_seconds)
+            return True
+        except (TimeoutError, aio_pika.exceptions.AMQPError, ConnectionError) as exc:
+            # A queue gone (returned unroutable) or a channel closing: this one goes by RPC.
+            log.warning("heartbeat not published (%s); sending it by RPC", exc)
+            return False
+
+    async def _rpc_heartbeat(self) -> None:
+        """A heartbeat by the `worker_heartbeat` RPC, acting on its reply."""
+        reply = await self._rpc_call(
+            "registry", "worker_heartbeat", worker_id=self.worker_id,
+            state=self.control.state(busy=self.current is not None),
+            current_task=self.current.task_id if self.current else None)
+        if not reply.get("known"):
+            await self._register()
+        else:
+            await self.control.hear(reply)
 
     async def _rpc_call(self, service: str, method: str, **kwargs: Any) -> Any:
         if self._rpc is None or not self._connected.is_set():

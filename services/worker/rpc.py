@@ -56,6 +56,11 @@ class AsyncRpcClient:
         self._exchange: AbstractExchange | None = None
         self._queue: AbstractQueue | None = None
 
+    @property
+    def token(self) -> str | None:
+        """The credential this client presents (a worker's heartbeats carry it too)."""
+        return self._token
+
     async def start(self) -> None:
         # on_return_raises: a request nobody can route fails at once instead of timing out.
         self._channel = await self._connection.channel(publisher_confirms=True,
