@@ -14,6 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from shared.worker_control import Wanted
 
+INT32_MAX = 2**31 - 1
+"""The largest task id or pid a heartbeat may name: what every database's integer column holds,
+so no heartbeat can fail the batch it is written in."""
+
 
 class Heartbeat(BaseModel):
     """One worker's heartbeat, as published to shared.bands.HEARTBEATS_QUEUE."""
@@ -22,11 +26,11 @@ class Heartbeat(BaseModel):
 
     worker_id: str = Field(min_length=1, max_length=200)
     state: str = Field(max_length=40)  # services.registry.store.WorkerState
-    current_task: int | None = None
+    current_task: int | None = Field(default=None, ge=0, le=INT32_MAX)
     wanted: Wanted  # what the worker is obeying now
     host: str = Field(min_length=1, max_length=255)
     pool: str = Field(min_length=1, max_length=200)
-    bands: list[str]
-    pid: int | None = None
+    bands: list[str] = Field(max_length=50)
+    pid: int | None = Field(default=None, ge=0, le=INT32_MAX)
     name: str | None = Field(default=None, max_length=200)
     sent_at: float  # the worker's clock, for a person reading the queue: the registry uses its own

@@ -58,6 +58,7 @@ class HeartbeatIntake:
         self._channel: Any = None
         self._delivered: list[Any] = []
         self._caught_up_at: float | None = None  # time.monotonic()
+        self._failing = False
 
     def take(self, verify: Verify, apply: Callable[[list[Heartbeat]], None]) -> int:
         """Apply what has been delivered (one call of `apply`), acknowledge it; how many applied.
@@ -72,11 +73,17 @@ class HeartbeatIntake:
             asked_at = time.monotonic()
             _, waiting, _ = self._channel.queue_declare(HEARTBEATS_QUEUE, passive=True)
         except BROKEN as exc:
-            log.warning("cannot take heartbeats from %s: %s", HEARTBEATS_QUEUE, exc)
+            if not self._failing:  # once per outage, not every batch
+                log.warning("cannot take heartbeats from %s: %s", HEARTBEATS_QUEUE, exc)
+            self._failing = True
             self.close()
             return 0
+        if self._failing:
+            log.info("taking heartbeats from %s again", HEARTBEATS_QUEUE)
+            self._failing = False
         batch, self._delivered = self._delivered, []
-        beats = [beat for beat in (_read(message, verify) for message in batch) if beat]
+        verify_once = _once_per_token(verify)  # a farm's workers share one credential
+        beats = [beat for beat in (_read(message, verify_once) for message in batch) if beat]
         try:
             if beats:
                 apply(beats)
@@ -138,6 +145,26 @@ class HeartbeatIntake:
             # Unacknowledged on a broken connection: the broker delivers them again.
             log.warning("heartbeats not acknowledged (%s): they come again", exc)
             self.close()
+
+
+def _once_per_token(verify: Verify) -> Verify:
+    """`verify`, asked once per distinct token (of one batch: a revocation counts from the next)."""
+    known: dict[str, Identity | Unauthenticated] = {}
+
+    def verified(token: object) -> Identity:
+        if not isinstance(token, str):
+            return verify(token)  # absent or not a token at all: refused
+        if token not in known:
+            try:
+                known[token] = verify(token)
+            except Unauthenticated as exc:
+                known[token] = exc
+        found = known[token]
+        if isinstance(found, Unauthenticated):
+            raise found
+        return found
+
+    return verified
 
 
 def _read(message: Any, verify: Verify) -> Heartbeat | None:
