@@ -1,7 +1,8 @@
 """Simulated workers for bench.fleet: many light asyncio workers in one process, on the worker's own code.
 
-Each simulated worker is a services.worker.link.FarmLink, so it registers, heartbeats, hears
-what the registry wants of it and publishes finish reports with the real worker's code; it
+Each simulated worker is a services.worker.link.FarmLink, so it registers, publishes its
+heartbeats (to the queue the registry names) and its finish reports with the real worker's code
+(it does not listen for the registry's `worker_controlled` events: nothing is drained here); it
 consumes its pool's band queues on a channel of its own (prefetch 1, as a worker does), claims
 each task with `scheduler.claim_task` and, instead of starting a process, reports it done at
 once (exit 0, as `true` would), or after `--run-seconds`, renewing its lease every heartbeat

@@ -119,11 +119,13 @@ class RegistryRpc(Protocol):
     def register_worker(self, worker_id: str, host: str, pool: str, bands: list[str],
                         pid: int | None = None, name: str | None = None) -> dict[str, Any]:
         """Workers: join the farm (`name`: its identity on its host across restarts); the reply
-        says what is wanted of it (`wanted`)."""
+        says what is wanted of it (`wanted`) and names the queue to publish heartbeats to
+        (`heartbeats`: corral.heartbeats, README "Heartbeats")."""
 
     def worker_heartbeat(self, worker_id: str, state: str,
                          current_task: int | None = None) -> dict[str, Any]:
-        """Workers: say the worker is alive, idle or busy; the reply says what is wanted of it."""
+        """Workers: say the worker is alive, idle or busy; the reply says what is wanted of it
+        (for workers whose registry names no heartbeat queue, and bare clients)."""
 
     def leave_worker(self, worker_id: str) -> dict[str, Any]:
         """Workers: leave the farm."""

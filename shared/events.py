@@ -13,7 +13,8 @@ WORKER_JOINED: Final = "worker_joined"
 WORKER_LEFT: Final = "worker_left"
 WORKER_LOST: Final = "worker_lost"
 WORKER_CONTROLLED: Final = "worker_controlled"
-"""A wrangler drained, disabled, enabled or stopped workers: {"workers": {id: wanted}}."""
+"""A wrangler drained, disabled, enabled or stopped workers, or workers' heartbeats say they obey
+something else than what is wanted of them: {"workers": {id: wanted}} (workers hear it too)."""
 TASK_CANCELLED: Final = "task_cancelled"
 
 HOST_CHANGED: Final = "host_changed"

@@ -1,6 +1,7 @@
 """What a wrangler wants of a worker (drain, disable, stop) and what that means for taking work.
 
-The registry keeps the wanted state and answers every heartbeat with it; the worker obeys, and
+The registry keeps the wanted state, answers a registration with it and sends a change of it by
+its `worker_controlled` event (again while a worker's heartbeat says otherwise); the worker obeys, and
 the scheduler counts only workers that take work when it releases tasks and explains a wait.
 
 A worker's identity across restarts is its host and its name: `corral worker run --name`, or by
