@@ -22,6 +22,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+import psutil
 from kombu import Connection
 from sqlalchemy import create_engine, text
 
@@ -45,7 +46,8 @@ class ChaosRun:
     """One farm under faults: start it, put work through it, break things, judge the outcome."""
 
     def __init__(self, directory: Path, node: RabbitNode, seed: int, workers: int = 3,
-                 database_url: str | None = None, storage_root: Path | None = None) -> None:
+                 database_url: str | None = None, storage_root: Path | None = None,
+                 pool: bool = False) -> None:
         self.directory = directory
         self.node = node
         self.seed = seed
@@ -62,6 +64,7 @@ class ChaosRun:
         self.proxies = ExitStack()
         self.proxy_of: dict[str, TcpProxy] = {}
         self.hostile_jobs: list[int] = []
+        self.pool = pool  # the workers run under `corral pool` rather than on their own
         self.database_url = database_url
         if database_url is not None:
             # Every service on the one PostgreSQL database, as a studio runs them.
@@ -81,9 +84,35 @@ class ChaosRun:
             self.farm._spawn(service, [sys.executable, "-m", "nameko", "run", "--config",
                                        str(CONFIG), f"services.{service}"])
         self.farm.wait_for(self._services_ready, 60, "the services to start")
+        if self.pool:
+            self.start_pool()
+            return self
         for _ in range(self.worker_count):
             self.add_worker()
         return self
+
+    def start_pool(self) -> None:
+        """`corral pool` keeping `worker_count` workers, idle or not; waits until they are up."""
+        before = len(self.farm.rpc.registry.list_workers(alive=True))
+        self.farm._spawn("pool", [sys.executable, "-m", "services.cli", "pool", "--config",
+                                  str(CONFIG), "--max-workers", str(self.worker_count),
+                                  "--min-idle", str(self.worker_count)])
+        self.farm.wait_for(lambda: len(self.farm.rpc.registry.list_workers(alive=True))
+                           >= min(before + 1, self.worker_count), 60, "the pool's workers")
+
+    def kill_pool(self) -> None:
+        """kill -9 of the pool: its workers are told to stop and finish what they run; a new
+        pool starts beside them, as its service manager would restart it."""
+        self.farm.kill("pool")
+        time.sleep(self.random.uniform(0.2, 1.5))
+        self.start_pool()
+
+    def kill_pool_worker(self) -> None:
+        """kill -9 of one of the pool's workers: the pool starts another."""
+        children = psutil.Process(self.farm.processes["pool"].pid).children()
+        workers = [child for child in children if "worker" in " ".join(child.cmdline())]
+        if workers:
+            self.random.choice(workers).kill()
 
     def _services_ready(self) -> bool:
         out = self.farm.ctl("list_queues", "-p", self.vhost, "name", "consumers", "--quiet")

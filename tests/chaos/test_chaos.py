@@ -108,3 +108,18 @@ def test_no_task_is_lost_or_run_twice_when_the_storage_disk_fills_up(
         finally:
             run.stop()
     assert verdict.passed, verdict.details()
+
+
+def test_no_task_is_lost_or_run_twice_when_the_pool_or_its_workers_are_killed(
+        chaos_dir: Path, node: RabbitNode, seed: int) -> None:
+    run = ChaosRun(chaos_dir, node, seed, pool=True).start()
+    faults = {"kill -9 pool": run.kill_pool, "kill -9 a pool's worker": run.kill_pool_worker}
+    try:
+        run.submit(30)
+        for name in ["kill -9 pool", "kill -9 a pool's worker", run.random.choice(sorted(faults))]:
+            time.sleep(run.random.uniform(0.3, 1.5))
+            run.inject(name, faults[name])
+        verdict = run.verdict()
+    finally:
+        run.stop()
+    assert verdict.passed, verdict.details()
