@@ -22,8 +22,8 @@ def how_to_start(service: str) -> str:
 
 
 def safe_uri(amqp_uri: str) -> str:
-    """The broker address without its user and password."""
-    return amqp_uri.split("@")[-1]
+    """The broker address without its user and password (each node's, on a cluster)."""
+    return ";".join(part.split("@")[-1] for part in amqp_uri.split(";"))
 
 
 def broker_advice(amqp_uri: str, error: Exception) -> str:

@@ -17,11 +17,11 @@ from kombu import Connection, Queue
 from nameko import config
 from nameko.events import EventDispatcher
 from nameko.extensions import DependencyProvider
-from nameko.rpc import ServiceRpc, rpc
 from nameko.timer import timer
 
 from services.common.access import Access, Authenticated, allow
 from services.common.ask import ask
+from services.common.queues import ServiceRpc, rpc
 from services.registry import accounts, control
 from services.registry import store as store_ops
 from shared import audit
