@@ -87,10 +87,8 @@ class TransientReplyListener(ReplyListener):  # type: ignore[misc]
 
     def setup(self) -> None:
         super().setup()
-        queue = self.queue
-        self.queue = Queue(queue.name, exchange=queue.exchange, routing_key=queue.routing_key,
-                           durable=False, queue_arguments=queue.queue_arguments)
-        self.consumer.queues = [self.queue]
+        # Changed in place: the service's RPC publishers declare this very queue object too.
+        self.queue.durable = False
 
     def check_for_lost_replies(self) -> None:
         try:

@@ -25,7 +25,7 @@ from sqlalchemy import create_engine, text
 from shared.bands import REPORTS_QUEUE, queue_name
 from tests.chaos.ledger import Verdict, judge, lives, read_ledger
 from tests.farm import Farm
-from tests.rabbit import RabbitNode
+from tests.rabbit import RabbitCluster, RabbitNode
 
 PAYLOAD = Path(__file__).resolve().parent / "payload.py"
 SERVICES = ("registry", "scheduler", "resource_negotiator")
@@ -34,15 +34,15 @@ SERVICES = ("registry", "scheduler", "resource_negotiator")
 class ChaosRun:
     """One farm under faults: start it, put work through it, break things, judge the outcome."""
 
-    def __init__(self, directory: Path, node: RabbitNode, seed: int, workers: int = 3,
-                 database_url: str | None = None) -> None:
+    def __init__(self, directory: Path, node: RabbitNode | RabbitCluster, seed: int,
+                 workers: int = 3, database_url: str | None = None) -> None:
         self.directory = directory
         self.node = node
         self.seed = seed
         self.random = random.Random(seed)
         self.vhost = f"chaos-{uuid.uuid4().hex[:8]}"
         node.add_vhost(self.vhost)
-        self.farm = Farm(directory, f"{node.uri}{self.vhost}", self.vhost, ctl=node.ctl)
+        self.farm = Farm(directory, node.vhost_uri(self.vhost), self.vhost, ctl=node.ctl)
         self.database_url = database_url
         if database_url is not None:
             # Every service on the one PostgreSQL database, as a studio runs them.

@@ -1,0 +1,102 @@
+"""Quorum queues for real: a farm on its own RabbitMQ node restarted, and on a three-node cluster
+one of whose nodes is stopped and started again while work flows. The ledger shows every task
+done exactly once, and no service or worker was restarted.
+"""
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from shared.bands import QUORUM_DELIVERY_LIMIT, REPORTS_QUEUE, queue_name
+from tests.chaos.harness import ChaosRun
+from tests.rabbit import RabbitCluster, RabbitNode
+
+pytestmark = pytest.mark.integration
+
+
+def quorum_run(directory: Path, broker: RabbitNode | RabbitCluster, seed: int) -> ChaosRun:
+    run = ChaosRun(directory, broker, seed)
+    run.farm.env["CORRAL_QUEUE_TYPE"] = "quorum"
+    return run.start()
+
+
+def queue_types(run: ChaosRun) -> dict[str, tuple[str, str]]:
+    """queue -> (its type, its arguments) as the broker lists them."""
+    out = run.farm.ctl("list_queues", "-p", run.vhost, "name", "type", "arguments", "--quiet")
+    found = {}
+    for line in out.splitlines():
+        name, _, rest = line.partition("\t")
+        kind, _, arguments = rest.partition("\t")
+        found[name.strip()] = (kind.strip(), arguments)
+    return found
+
+
+def assert_quorum_queues(run: ChaosRun) -> None:
+    queues = queue_types(run)
+    for name in (queue_name("cpu", "normal"), REPORTS_QUEUE, "rpc-scheduler", "rpc-registry"):
+        kind, arguments = queues[name]
+        assert kind == "quorum", (name, queues[name])
+        assert str(QUORUM_DELIVERY_LIMIT) in arguments, (name, arguments)
+    # A client's own queues stay classic: the services' reply queues, the workers' ones.
+    replies = [kind for name, (kind, _) in queues.items() if name.startswith("rpc.reply-")]
+    assert replies and set(replies) == {"classic"}, queues
+
+
+def assert_nothing_restarted(run: ChaosRun) -> None:
+    exited = {name: process.returncode for name, process in run.farm.processes.items()
+              if process.poll() is not None}
+    assert not exited, f"processes that ended: {exited}"
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[RabbitNode]:
+    instance = RabbitNode(tmp_path / "rabbit").start()
+    yield instance
+    instance.stop()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[RabbitCluster]:
+    instance = RabbitCluster(tmp_path / "cluster").start()
+    yield instance
+    instance.stop()
+
+
+def test_a_quorum_farm_loses_nothing_across_a_broker_restart(tmp_path: Path,
+                                                              node: RabbitNode) -> None:
+    run = quorum_run(tmp_path / "farm", node, seed=13)
+    try:
+        assert_quorum_queues(run)
+        run.submit(20)
+        time.sleep(1.0)
+        run.inject("broker restart", lambda: node.restart(down_for=1.0))
+        verdict = run.verdict()
+        assert verdict.passed, verdict.details()
+        assert_nothing_restarted(run)
+    finally:
+        run.stop()
+
+
+def test_a_cluster_node_stopped_and_started_again_under_a_burst_loses_nothing(
+        tmp_path: Path, cluster: RabbitCluster) -> None:
+    run = quorum_run(tmp_path / "farm", cluster, seed=4)
+    try:
+        assert_quorum_queues(run)
+        # Every part connected to the first node it was given, and the queues' leaders are
+        # there: stopping it moves every connection and every leader at once.
+        first = cluster.nodes[0]
+        run.submit(40, shortest=0.1, longest=0.6)
+        time.sleep(1.5)
+        run.inject(f"stop {first.node}", lambda: cluster.stop_node(first))
+        # Work submitted while the node is down: the test's own client fails over too.
+        run.farm.wait_for(lambda: run.submit(20, shortest=0.1, longest=0.6), 30,
+                          "a submit while a node is down")
+        time.sleep(4.0)
+        run.inject(f"start {first.node}", lambda: cluster.start_node(first))
+        verdict = run.verdict()
+        assert verdict.passed, verdict.details()
+        assert_nothing_restarted(run)
+    finally:
+        run.stop()
