@@ -188,11 +188,13 @@ def split_broker_uris(value: str) -> tuple[str, ...]:
     """The URLs of `amqp_uri`, one per broker node, `;` between them (kombu's failover form)."""
     uris = tuple(part.strip() for part in value.split(";"))
     for uri in uris:
+        shown = uri.split("@")[-1] or "an empty one"  # never the password
+        if uri.count("://") > 1:
+            raise ValueError(f"{shown!r} holds more than one URL: separate several brokers "
+                             "with ';'")
         if not uri.startswith(BROKER_SCHEMES):
-            shown = uri.split("@")[-1] or "an empty one"
-            hint = " (separate several brokers with ';')" if "," in uri else ""
             raise ValueError(f"{shown!r} is not an AMQP URL: each broker is amqp://user:password"
-                             f"@host:port/vhost or amqps://...{hint}")
+                             "@host:port/vhost or amqps://...")
     return uris
 
 

@@ -50,7 +50,8 @@ def check_broker(amqp_uri: str) -> None:
 
     try:
         with Connection(amqp_uri, connect_timeout=3) as connection:  # type: ignore[no-untyped-call]
-            connection.ensure_connection(max_retries=1)
+            # A try for each node of a cluster (kombu moves on to the next at each retry).
+            connection.ensure_connection(max_retries=amqp_uri.count(";") + 1)
     except Exception as exc:
         raise BrokerUnreachable(broker_advice(amqp_uri, exc)) from None
 
