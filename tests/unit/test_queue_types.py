@@ -1,6 +1,7 @@
 """Queue types and several brokers: the settings, the declare arguments, and failing over."""
 
 import asyncio
+import logging
 from typing import Any
 
 import pytest
@@ -12,6 +13,7 @@ from shared.bands import QUORUM_DELIVERY_LIMIT, queue_arguments
 from shared.config import DEFAULT_CONFIG_PATH, load_settings
 from shared.credentials import broker_address
 from shared.errors import ConfigError
+from shared.logs import NoBrokerPasswords
 from shared.rpc import safe_uri
 
 CLUSTER = "amqp://u:p@rabbit-1:5672/farm;amqp://u:p@rabbit-2:5672/farm;amqp://u:p@rabbit-3/farm"
@@ -94,3 +96,12 @@ def test_nameko_queues_are_typed_only_when_shared_and_durable(
     monkeypatch.setattr(queues, "configured_queue_type", lambda: "classic")
     classic = Queue("rpc-scheduler", durable=True)
     assert queues.typed(classic) is classic
+
+
+def test_the_services_logs_show_no_broker_password_of_any_node() -> None:
+    # nameko masks the first URL's password only, in its "Error connecting to broker" line.
+    record = logging.LogRecord("nameko.amqp.consume", logging.ERROR, __file__, 1,
+                               "Error connecting to broker at %s (%s)",
+                               ("amqp://u:********@rabbit-1/farm;" + CLUSTER, "refused"), None)
+    assert NoBrokerPasswords().filter(record)
+    assert "u:p@" not in record.getMessage() and "rabbit-3/farm" in record.getMessage()
