@@ -2,6 +2,8 @@
 
 import asyncio
 import logging
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -105,3 +107,14 @@ def test_the_services_logs_show_no_broker_password_of_any_node() -> None:
                                ("amqp://u:********@rabbit-1/farm;" + CLUSTER, "refused"), None)
     assert NoBrokerPasswords().filter(record)
     assert "u:p@" not in record.getMessage() and "rabbit-3/farm" in record.getMessage()
+
+
+def test_every_service_takes_its_entrypoints_from_corral_s_queues_module() -> None:
+    # One taken from nameko would declare its queue classic on a quorum farm, and RabbitMQ
+    # refuses two declares of one queue that differ.
+    own = re.compile(r"^from nameko\.(rpc|messaging|events) import .*\b(rpc|ServiceRpc|"
+                     r"ClusterRpc|consume|event_handler)\b", re.MULTILINE)
+    services = Path(queues.__file__).resolve().parent.parent
+    found = [str(path.relative_to(services)) for path in services.rglob("*.py")
+             if path.name != "queues.py" and own.search(path.read_text())]
+    assert found == []
