@@ -67,12 +67,14 @@ class ChaosRun:
         self.farm.start_worker()
         self.workers.append(f"worker-{self.farm._counter}")
 
-    def submit(self, tasks: int, shortest: float = 0.1, longest: float = 1.0) -> int:
-        """A job of `tasks` ledger payloads; failures it does not cause itself are retried."""
+    def submit(self, tasks: int, shortest: float = 0.1, longest: float = 1.0,
+               **spec: Any) -> int:
+        """A job of `tasks` ledger payloads (`spec` adds to its spec: a priority, say);
+        failures it does not cause itself are retried."""
         durations = [round(self.random.uniform(shortest, longest), 2) for _ in range(tasks)]
         job = self.farm.submit(
             [{"command": self._payload(seconds)} for seconds in durations],
-            name="chaos", retry={"max_attempts": 20}, max_host_failures=1000)
+            name="chaos", retry={"max_attempts": 20}, max_host_failures=1000, **spec)
         self.jobs.append(job["id"])
         return int(job["id"])
 
