@@ -25,7 +25,7 @@ from services.cleanup.sweep import PassReport, Sweeper
 from services.common import report_in
 from services.common.access import Access, Authenticated, allow
 from services.common.ask import ask
-from services.common.queues import ServiceRpc, event_handler, rpc
+from services.common.entrypoints import ServiceRpc, event_handler, rpc
 from shared import events, storage
 from shared.config import Settings, settings_from_mapping
 from shared.contracts import NegotiatorRpc, RegistryRpc, SchedulerRpc

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import eventlet
 
 from services.common import report_in
-from services.common.queues import event_handler
+from services.common.entrypoints import event_handler
 from shared import events
 from shared.contracts import RegistryRpc, SchedulerRpc
 from shared.errors import NotFound

@@ -21,7 +21,7 @@ from nameko.timer import timer
 
 from services.common.access import Access, Authenticated, allow
 from services.common.ask import ask
-from services.common.queues import ServiceRpc, rpc
+from services.common.entrypoints import ServiceRpc, rpc
 from services.registry import accounts, control
 from services.registry import store as store_ops
 from shared import audit

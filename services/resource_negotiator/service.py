@@ -16,7 +16,7 @@ from nameko.extensions import DependencyProvider
 from services.common import holder_events
 from services.common.access import Access, Authenticated, allow
 from services.common.announcer import Announcer
-from services.common.queues import ServiceRpc, rpc
+from services.common.entrypoints import ServiceRpc, rpc
 from services.resource_negotiator import store as store_ops
 from shared import audit, events
 from shared.config import Settings, settings_from_mapping

