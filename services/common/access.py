@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import eventlet
+import nameko.rpc
 from nameko import config
 from nameko.events import BROADCAST
 from nameko.exceptions import IncorrectSignature
@@ -43,7 +44,7 @@ from nameko.timer import timer
 from sqlalchemy import Table
 
 from services.common import replies
-from services.common.entrypoints import Rpc, event_handler
+from services.common.entrypoints import event_handler
 from shared import audit, events
 from shared.config import Settings, settings_from_mapping
 from shared.credentials import farm_secret
@@ -72,6 +73,10 @@ ReplyFilter = Callable[[Any, Identity, Any], Any]
 """(service, identity, reply) -> the reply the caller gets."""
 
 RULE_ATTRIBUTE = "corral_access_rule"
+
+RPC_ENTRYPOINT = nameko.rpc.Rpc
+"""What makes a method an RPC method: nameko's @rpc, and so Corral's hardened one too (a
+method of either without a rule refuses to start, and every call of either is checked)."""
 
 # nameko is untyped: its decorators and base class are declared here once, with their types.
 handles_event: Callable[..., Callable[[F], F]] = event_handler
@@ -164,7 +169,7 @@ def rule_of(method: Any) -> Rule | None:
 def rpc_methods(service_cls: type) -> dict[str, Any]:
     """Every @rpc method of a service class, by name."""
     return {name: member for name, member in inspect.getmembers(service_cls, inspect.isfunction)
-            if any(isinstance(entrypoint, Rpc)
+            if any(isinstance(entrypoint, RPC_ENTRYPOINT)
                    for entrypoint in getattr(member, "nameko_entrypoints", ()))}
 
 
@@ -248,7 +253,7 @@ class Access(_Provider):
         self.refreshed_at = float("-inf")
 
     def get_dependency(self, worker_ctx: Any) -> Caller:
-        if not isinstance(worker_ctx.entrypoint, Rpc):
+        if not isinstance(worker_ctx.entrypoint, RPC_ENTRYPOINT):
             # Not a caller's request: what this worker asks of other services, it asks itself.
             worker_ctx.data[CONTEXT_KEY] = self.service_token
         return Caller(self, worker_ctx)

@@ -28,7 +28,7 @@ import kombu.exceptions
 import nameko.events
 import nameko.messaging
 import nameko.rpc
-from kombu import Queue
+from kombu.entity import Queue as KombuQueue
 from nameko import config
 from nameko.exceptions import ReplyQueueExpiredWithPendingReplies
 
@@ -49,7 +49,10 @@ def configured_queue_type() -> str:
     return settings_from_mapping(config).queue_type
 
 
-def typed(queue: Queue) -> Queue:
+Queue: Any = KombuQueue  # kombu is untyped
+
+
+def typed(queue: Any) -> Any:
     """`queue` with the configured type's arguments, when it is shared and durable."""
     if not queue.durable or queue.exclusive or queue.auto_delete:
         return queue
@@ -65,6 +68,8 @@ def _routing_key(message: Any) -> str:
 
 
 class RpcConsumer(nameko.rpc.RpcConsumer):  # type: ignore[misc]
+    queue: Any
+
     def setup(self) -> None:
         super().setup()
         self.queue = typed(self.queue)
@@ -94,12 +99,16 @@ class _SurvivesBrokerLoss:
 
 
 class Consumer(_SurvivesBrokerLoss, nameko.messaging.Consumer):  # type: ignore[misc]
+    queue: Any
+
     def setup(self) -> None:
         self.queue = typed(self.queue)
         super().setup()
 
 
 class EventHandler(_SurvivesBrokerLoss, nameko.events.EventHandler):  # type: ignore[misc]
+    queue: Any
+
     def setup(self) -> None:
         super().setup()
         self.queue = typed(self.queue)
@@ -112,6 +121,9 @@ class TransientReplyListener(nameko.rpc.ReplyListener):  # type: ignore[misc]
     nameko ends the whole service when it reconnects and finds its reply queue gone with calls
     still waiting; here each waiting call gets that error instead, and the service goes on.
     """
+
+    queue: Any
+    pending: dict[str, Any]
 
     def setup(self) -> None:
         super().setup()

@@ -187,11 +187,8 @@ class Worker(FarmLink):
         await self._put_back_inbox()
 
     async def _put_back_inbox(self) -> None:
-        """Give back what else was delivered before the consumers stopped, for others to take.
-
-        Only quorum queues deliver more than one (each band's consumer may hold one); a message
-        held here would wait for the whole payload, and past the broker's consumer timeout.
-        """
+        """Give back what else came before the consumers stopped (on quorum queues each band's
+        consumer may hold one), rather than hold it through the payload."""
         await asyncio.sleep(0)  # a delivery already received reaches the inbox first
         while not self._inbox.empty():
             await _settle(self._inbox.get_nowait().reject(requeue=True))
