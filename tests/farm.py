@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import amqp.exceptions
-from nameko.exceptions import RpcTimeout, UnknownService
+from nameko.exceptions import ReplyQueueExpiredWithPendingReplies, RpcTimeout, UnknownService
 from nameko.standalone.rpc import ClusterRpcProxy
 
 import shared.errors  # noqa: F401  (so refusals arrive as Corral's own errors)
 from shared.config import settings_from_mapping
 from shared.credentials import ensure_local_credentials
 from shared.identity import CONTEXT_KEY, Role, issue_token
+from shared.rpc import cluster_rpc_proxy
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "deploy" / "config.yaml"
@@ -180,8 +181,8 @@ class Farm:
 
     def client(self, token: str | None) -> Any:
         """A started RPC client presenting `token` (None: no token at all), stopped with the farm."""
-        client = ClusterRpcProxy(uri=self.amqp_uri, timeout=20,
-                                 context_data={} if token is None else {CONTEXT_KEY: token})
+        client = cluster_rpc_proxy(self.amqp_uri, timeout=20,
+                                   context_data={} if token is None else {CONTEXT_KEY: token})
         self._clients.append(client)
         return client.start()
 
@@ -207,8 +208,11 @@ class Farm:
         while time.monotonic() < deadline:
             try:
                 value = predicate()
-            except (ConnectionError, OSError, amqp.exceptions.ConnectionError):
-                self.reconnect()  # the broker closed this test's own connection: open another
+            except (ConnectionError, OSError, amqp.exceptions.ConnectionError,
+                    ReplyQueueExpiredWithPendingReplies):
+                # The broker closed this test's own connection, or its node (and the reply
+                # queue there) went down: open another.
+                self.reconnect()
                 value = None
             except UnknownService:
                 value = None  # not started yet

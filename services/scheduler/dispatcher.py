@@ -33,10 +33,10 @@ class Dispatcher:
         self.settings = settings
         self.refusals = RefusalPolicy.from_settings(settings)
         self.store = store
-        self.publisher = BandPublisher(settings.amqp_uri)
+        self.publisher = BandPublisher(settings.amqp_uri, settings.queue_type)
         # Its own channel for the rare messages outside release passes (finish reports tried
         # again or set aside), so they never hold the lock that says a pass is running.
-        self.side_publisher = BandPublisher(settings.amqp_uri)
+        self.side_publisher = BandPublisher(settings.amqp_uri, settings.queue_type)
         self._side_lock = threading.Lock()
         self.workers: dict[str, IdleWorker] = {}
         # Live workers a wrangler drained, disabled or is stopping, with what is wanted of

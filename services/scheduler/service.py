@@ -19,12 +19,11 @@ from kombu import Queue
 from nameko import config
 from nameko.events import EventDispatcher
 from nameko.extensions import DependencyProvider
-from nameko.rpc import ServiceRpc
 from nameko.timer import timer
 
 from services.common.access import Access, Authenticated, allow
 from services.common.ask import ask
-from services.common.entrypoints import consume, event_handler, rpc
+from services.common.entrypoints import ServiceRpc, consume, event_handler, rpc
 from services.scheduler import retention as retention_ops
 from services.scheduler import stats as farm_stats_ops
 from services.scheduler import store as store_ops

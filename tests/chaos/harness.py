@@ -30,7 +30,7 @@ from shared.bands import REPORTS_QUEUE, queue_name
 from tests.chaos.ledger import Verdict, judge, lives, read_ledger
 from tests.farm import CONFIG, Farm
 from tests.proxy import TcpProxy
-from tests.rabbit import RabbitNode
+from tests.rabbit import RabbitCluster, RabbitNode
 
 PAYLOAD = Path(__file__).resolve().parent / "payload.py"
 SERVICES = ("registry", "scheduler", "resource_negotiator", "license", "cleanup")
@@ -45,16 +45,16 @@ MEMORY_HOG = ("import time; hog = bytearray(256 << 20); hog[::4096] = b'x' * len
 class ChaosRun:
     """One farm under faults: start it, put work through it, break things, judge the outcome."""
 
-    def __init__(self, directory: Path, node: RabbitNode, seed: int, workers: int = 3,
-                 database_url: str | None = None, storage_root: Path | None = None,
-                 pool: bool = False) -> None:
+    def __init__(self, directory: Path, node: RabbitNode | RabbitCluster, seed: int,
+                 workers: int = 3, database_url: str | None = None,
+                 storage_root: Path | None = None, pool: bool = False) -> None:
         self.directory = directory
         self.node = node
         self.seed = seed
         self.random = random.Random(seed)
         self.vhost = f"chaos-{uuid.uuid4().hex[:8]}"
         node.add_vhost(self.vhost)
-        self.farm = Farm(directory, f"{node.uri}{self.vhost}", self.vhost, ctl=node.ctl)
+        self.farm = Farm(directory, node.vhost_uri(self.vhost), self.vhost, ctl=node.ctl)
         self.farm.env["CORRAL_LICENCES"] = json.dumps({LICENCE: {"count": 2}})
         self.farm.env["CORRAL_LOG_MAX_BYTES"] = str(1 << 20)  # a flood meets the cap
         self.farm.env["CORRAL_LOG_HEAD_BYTES"] = str(64 << 10)
@@ -121,7 +121,12 @@ class ChaosRun:
         return all(f"rpc-{service}" in consumed for service in SERVICES)
 
     def add_worker(self) -> None:
-        """A worker reaching the broker through a proxy of its own (see `cut_off_worker`)."""
+        """A worker reaching the broker through a proxy of its own (see `cut_off_worker`); on
+        a cluster, straight to its nodes (it fails over between them itself)."""
+        if not isinstance(self.node, RabbitNode):
+            self.farm.start_worker()
+            self.workers.append(f"worker-{self.farm._counter}")
+            return
         broker = f"127.0.0.1:{self.node.port}"
         proxy = self.proxies.enter_context(TcpProxy(broker))
         self.farm.start_worker(env={"CORRAL_AMQP_URI": self.farm.amqp_uri.replace(
@@ -130,9 +135,11 @@ class ChaosRun:
         self.workers.append(name)
         self.proxy_of[name] = proxy
 
-    def submit(self, tasks: int, shortest: float = 0.1, longest: float = 1.0) -> list[int]:
-        """Ledger payloads in two jobs, a third of them holding a licence seat; failures they
-        do not cause themselves are retried. A tenth of the payloads are hostile."""
+    def submit(self, tasks: int, shortest: float = 0.1, longest: float = 1.0,
+               **spec: Any) -> list[int]:
+        """Ledger payloads in two jobs (`spec` adds to their specs: a priority, say), a third
+        of them holding a licence seat; failures they do not cause themselves are retried. A
+        tenth of the payloads are hostile."""
         durations = [round(self.random.uniform(shortest, longest), 2) for _ in range(tasks)]
         seated = max(1, tasks // 3)
         submitted = []
@@ -140,7 +147,7 @@ class ChaosRun:
             job = self.farm.submit(
                 [{"command": self._payload(seconds)} for seconds in part], name="chaos",
                 retry={"max_attempts": 20}, max_host_failures=1000,
-                **({"licences": licences} if licences else {}))
+                **({"licences": licences} if licences else {}), **spec)
             self.jobs.append(int(job["id"]))
             submitted.append(int(job["id"]))
         return submitted
@@ -176,7 +183,8 @@ class ChaosRun:
     def cut_off_worker(self, seconds: float) -> None:
         """A worker's connection blackholed while the process lives (a partition): no byte
         moves either way for `seconds`, then everything waiting flows again."""
-        proxy = self.proxy_of[self.random.choice(self.workers)]
+        proxy = self.proxy_of[self.random.choice([name for name in self.workers
+                                                  if name in self.proxy_of])]
         proxy.blackhole()
         time.sleep(seconds)
         proxy.restore()
