@@ -35,7 +35,8 @@ class ChaosRun:
     """One farm under faults: start it, put work through it, break things, judge the outcome."""
 
     def __init__(self, directory: Path, node: RabbitNode, seed: int, workers: int = 3,
-                 database_url: str | None = None) -> None:
+                 database_url: str | None = None, schedulers: int = 1,
+                 scheduler_env: Callable[[int], dict[str, str]] | None = None) -> None:
         self.directory = directory
         self.node = node
         self.seed = seed
@@ -50,6 +51,9 @@ class ChaosRun:
                 self.farm.env[f"CORRAL_{name}_DB"] = database_url
         self.ledger = directory / "ledger.jsonl"
         self.worker_count = workers
+        self.scheduler_count = schedulers
+        # Variables of the nth scheduler instance (from 1), e.g. a name of its own.
+        self.scheduler_env = scheduler_env or (lambda number: {})
         self.workers: list[str] = []   # process names of the live workers
         self.jobs: list[int] = []
         self.injected: list[str] = []
@@ -58,7 +62,11 @@ class ChaosRun:
 
     def start(self) -> ChaosRun:
         for service in SERVICES:
-            self.farm.start_service(service)
+            self.farm.start_service(service, self.scheduler_env(1) if service == "scheduler"
+                                    else None)
+        for number in range(2, self.scheduler_count + 1):
+            self.farm.start_service("scheduler", self.scheduler_env(number),
+                                    name=f"scheduler-{number}")
         for _ in range(self.worker_count):
             self.add_worker()
         return self
@@ -94,6 +102,23 @@ class ChaosRun:
         self.farm.kill(service)
         time.sleep(self.random.uniform(0.2, 1.5))
         self.farm.start_service(service)
+
+    def leading_scheduler(self) -> str | None:
+        """The process name of the scheduler instance that leads now, as the instance answering
+        says; None while none does."""
+        leader = self.farm.rpc.scheduler.health()["leadership"]["leader"]
+        if leader is None:
+            return None
+        pid = int(leader.split("/")[1])
+        return next((name for name, process in self.farm.processes.items()
+                     if self.farm.modules.get(name) == "scheduler" and process.pid == pid
+                     and process.poll() is None), None)
+
+    def kill_leading_scheduler(self) -> str:
+        """kill -9 of the scheduler instance that leads (it is not started again); its name."""
+        name = self.farm.wait_for(self.leading_scheduler, 30, "a scheduler to lead")
+        self.farm.kill(name)
+        return str(name)
 
     def kill_worker(self) -> None:
         name = self.random.choice(self.workers)
