@@ -13,7 +13,8 @@ from typing import Any
 
 import eventlet
 from nameko import config
-from nameko.events import BROADCAST, event_handler
+from nameko.containers import ServiceContainer
+from nameko.events import BROADCAST, EventHandler, event_handler
 from nameko.extensions import DependencyProvider
 
 from services.scheduler import store as store_ops
@@ -29,6 +30,15 @@ view_event = functools.partial(event_handler, handler_type=BROADCAST, reliable_d
 """An event that feeds an instance's in-memory views: every instance hears it (nameko's default
 gives each event to one instance of a service). One missed while an instance was down is
 caught up by its periodic re-read of the registry, negotiator and licence service."""
+
+
+def pooled_queues(container: ServiceContainer) -> list[str]:
+    """The durable queues the service's view events had while nameko gave each event to one
+    instance (before several schedulers could serve a farm): nobody reads them now, and left
+    bound they would fill with every event sent."""
+    return [f"evt-{handler.source_service}-{handler.event_type}--{container.service_name}."
+            f"{handler.method_name}" for handler in container.entrypoints
+            if isinstance(handler, EventHandler) and handler.handler_type is BROADCAST]
 
 
 class SchedulerCore(DependencyProvider):
@@ -53,6 +63,10 @@ class SchedulerCore(DependencyProvider):
     def start(self) -> None:
         # The first try before any entrypoint runs: a farm's only scheduler leads at once.
         self._running = True
+        try:
+            self.dispatcher.side_publisher.delete_queues(pooled_queues(self.container))
+        except Exception as exc:  # the broker is away: the next start tries again
+            log.warning("could not delete the event queues of earlier schedulers: %s", exc)
         self._tick()
         self.container.spawn_managed_thread(self._keep_lease)
         # Its own green thread: a slow receiver never holds up RPC, reports or release passes.
