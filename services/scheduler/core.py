@@ -73,7 +73,15 @@ class SchedulerCore(DependencyProvider):
         self.sender.start(self.container.spawn_managed_thread)
 
     def _tick(self) -> None:
-        self.dispatcher.troubles.run("leader lease", self.leadership.tick)
+        """Renew or try to take the lease; a failure is noted for `health` (and the next try
+        comes at the next renewal, never after a longer pause: a standby must be ready)."""
+        troubles = self.dispatcher.troubles
+        try:
+            self.leadership.tick()
+        except Exception as exc:
+            troubles.failed("leader lease", exc)
+        else:
+            troubles.succeeded("leader lease")
 
     def _keep_lease(self) -> None:
         while self._running:
