@@ -36,14 +36,14 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import eventlet
 from nameko import config
-from nameko.events import BROADCAST, event_handler
+from nameko.events import BROADCAST
 from nameko.exceptions import IncorrectSignature
 from nameko.extensions import DependencyProvider
-from nameko.rpc import Rpc
 from nameko.timer import timer
 from sqlalchemy import Table
 
 from services.common import replies
+from services.common.entrypoints import Rpc, event_handler
 from shared import audit, events
 from shared.config import Settings, settings_from_mapping
 from shared.credentials import farm_secret

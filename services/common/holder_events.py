@@ -14,9 +14,9 @@ from types import ModuleType
 from typing import Any, ClassVar
 
 import eventlet
-from nameko.events import event_handler
 
 from services.common import report_in
+from services.common.entrypoints import event_handler
 from shared import events
 from shared.contracts import RegistryRpc, SchedulerRpc
 from shared.errors import NotFound

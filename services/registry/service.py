@@ -17,11 +17,12 @@ from kombu import Connection, Queue
 from nameko import config
 from nameko.events import EventDispatcher
 from nameko.extensions import DependencyProvider
-from nameko.rpc import ServiceRpc, rpc
+from nameko.rpc import ServiceRpc
 from nameko.timer import timer
 
 from services.common.access import Access, Authenticated, allow
 from services.common.ask import ask
+from services.common.entrypoints import rpc
 from services.registry import accounts, control
 from services.registry import store as store_ops
 from shared import audit

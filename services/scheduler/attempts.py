@@ -169,6 +169,8 @@ def finish_task(store: Store, task_id: int, lease_token: str, exit_code: int | N
         task = _get_task(session, task_id)
         attempt = session.scalars(select(Attempt).where(
             Attempt.task_id == task_id, Attempt.lease_token == lease_token)).first()
+        if attempt is not None and _late_but_unanswered(task, attempt):
+            _revive(task, attempt)
         if task.state != TaskState.RUNNING or task.lease_token != lease_token:
             if attempt is not None and attempt.state in (AttemptState.DONE, AttemptState.FAILED):
                 # A repeated report of an attempt already recorded: answer as the first time.
@@ -237,6 +239,31 @@ def finish_task(store: Store, task_id: int, lease_token: str, exit_code: int | N
                 emitted.append((events.TASK_FAILED, {**base, "reason": why, "will_retry": False}))
         emitted.extend(_finish_job_if_complete(session, task.job_id, now))
         return Outcome({"task_id": task_id, "state": task.state}, emitted)
+
+
+def _late_but_unanswered(task: Task, attempt: Attempt) -> bool:
+    """A report of an attempt whose lease ran out, for a task no other attempt has claimed since.
+
+    Its payload ended under the lease, but the report came late (its worker was stopped or
+    killed, and another worker of the host sent it: services/worker/outbox.py). What it says
+    happened did happen, so it is taken, and the attempt that would have run again does not.
+    """
+    return (attempt.state == AttemptState.LOST and task.lease_token is None
+            and task.attempt == attempt.number + 1
+            and task.state in (TaskState.QUEUED, TaskState.DISPATCHED, TaskState.PAUSED))
+
+
+def _revive(task: Task, attempt: Attempt) -> None:
+    """Put a lost attempt back as the task's running one, for its late report to be applied."""
+    task.state = TaskState.RUNNING
+    task.attempt = attempt.number
+    task.lease_token = attempt.lease_token
+    task.worker_id = attempt.worker_id
+    task.host = attempt.host
+    task.head = False
+    attempt.state = AttemptState.RUNNING
+    attempt.finished_at = None
+    attempt.reason = None
 
 
 def _requeue_refused(session: Session, task: Task, attempt: Attempt | None,
@@ -311,8 +338,13 @@ def _requeue_at_head(session: Session, task: Task, attempt_state: AttemptState, 
     task.reason = reason
 
 
-def expire_leases(store: Store) -> list[dict[str, Any]]:
-    """Put every task whose lease ran out back at the head of its band; return what was lost."""
+def expire_leases(store: Store, grace_seconds: float = 0.0) -> list[dict[str, Any]]:
+    """Put every task whose lease ran out back at the head of its band; return what was lost.
+
+    Each waits `grace_seconds` before it may run again: time for the report of a payload that
+    ended just inside its lease to arrive from another worker of its host (see
+    `_late_but_unanswered`).
+    """
     with store.write() as session:
         now = store.now(session)
         tasks = session.scalars(select(Task).where(
@@ -322,6 +354,7 @@ def expire_leases(store: Store) -> list[dict[str, Any]]:
             lost.append({"task_id": task.id, "worker_id": task.worker_id, "attempt": task.attempt})
             _requeue_at_head(session, task, AttemptState.LOST,
                              f"lease expired: worker {task.worker_id} stopped reporting", now)
+            task.ready_at = now + grace_seconds
     return lost
 
 

@@ -14,9 +14,10 @@ from typing import Any
 import eventlet
 from nameko import config
 from nameko.containers import ServiceContainer
-from nameko.events import BROADCAST, EventHandler, event_handler
+from nameko.events import BROADCAST
 from nameko.extensions import DependencyProvider
 
+from services.common.entrypoints import EventHandler, event_handler
 from services.scheduler import store as store_ops
 from services.scheduler.dispatcher import Dispatcher
 from services.scheduler.leadership import Leadership, instance_name

@@ -18,12 +18,12 @@ from typing import Any
 import eventlet
 from kombu import Queue
 from nameko.events import EventDispatcher
-from nameko.messaging import consume
-from nameko.rpc import ServiceRpc, rpc
+from nameko.rpc import ServiceRpc
 from nameko.timer import timer
 
 from services.common.access import Access, Authenticated, allow
 from services.common.ask import ask
+from services.common.entrypoints import consume, rpc
 from services.scheduler import retention as retention_ops
 from services.scheduler import stats as farm_stats_ops
 from services.scheduler import store as store_ops
@@ -47,6 +47,7 @@ from shared.errors import (
     InvalidSpec,
 )
 from shared.identity import Role
+from shared.leases import lost_report_grace
 from shared.notify import studio_targets
 from shared.retention import StorageChanged
 from shared.spec import JobPlan, validate_job_spec
@@ -434,7 +435,8 @@ class SchedulerService(Authenticated):
         if core.troubles.run("lease sweep",
                              lambda: core.may_expire_leases(self._broker_answers()
                                                              and core.reports_consumed())):
-            lost = core.troubles.run("lease sweep", lambda: store_ops.expire_leases(core.store))
+            lost = core.troubles.run("lease sweep", lambda: store_ops.expire_leases(
+                core.store, lost_report_grace(core.settings)))
             for item in lost or ():
                 log.warning("task %(task_id)s: lease of worker %(worker_id)s expired", item)
         core.troubles.run("aging", core.age_if_due)

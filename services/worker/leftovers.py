@@ -56,7 +56,8 @@ def cgroup_base() -> Path | None:
     return None
 
 
-def _started(pid: int) -> float | None:
+def started(pid: int) -> float | None:
+    """When process `pid` started (what tells it from a later process given its pid), or None."""
     try:
         return float(psutil.Process(pid).create_time())
     except psutil.Error:
@@ -67,8 +68,8 @@ def record(directory: Path, marker: str, supervisor_pid: int, cgroup: str | None
     """Note that this worker runs the attempt `marker` under the supervisor `supervisor_pid`."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{marker}.json"
-    body = {"marker": marker, "worker_pid": os.getpid(), "worker_started": _started(os.getpid()),
-            "supervisor_pid": supervisor_pid, "supervisor_started": _started(supervisor_pid),
+    body = {"marker": marker, "worker_pid": os.getpid(), "worker_started": started(os.getpid()),
+            "supervisor_pid": supervisor_pid, "supervisor_started": started(supervisor_pid),
             "cgroup": cgroup}
     temporary = path.with_suffix(".tmp")
     temporary.write_text(json.dumps(body))
@@ -76,10 +77,10 @@ def record(directory: Path, marker: str, supervisor_pid: int, cgroup: str | None
     return path
 
 
-def _same_process(pid: int, started: float | None) -> bool:
-    """True when `pid` still names the process that was started at `started` (no pid reuse)."""
-    now = _started(pid)
-    return now is not None and started is not None and abs(now - started) < 0.5
+def same_process(pid: int, started_at: float | None) -> bool:
+    """True when `pid` still names the process that was started at `started_at` (no pid reuse)."""
+    now = started(pid)
+    return now is not None and started_at is not None and abs(now - started_at) < 0.5
 
 
 def _kill(pid: int) -> None:
@@ -101,7 +102,7 @@ def end_attempt(body: dict[str, Any]) -> int:
                 kill.write("1")
         except OSError:
             pass
-    if _same_process(int(body.get("supervisor_pid") or 0), body.get("supervisor_started")):
+    if same_process(int(body.get("supervisor_pid") or 0), body.get("supervisor_started")):
         _kill(int(body["supervisor_pid"]))
         killed += 1
     wanted = f"{MARKER_VARIABLE}={body['marker']}".encode()
@@ -135,7 +136,7 @@ def end_leftovers(directory: Path, keep: frozenset[str] = frozenset()) -> list[s
             continue
         if body.get("marker") in keep:
             continue
-        if _same_process(int(body.get("worker_pid") or 0), body.get("worker_started")) \
+        if same_process(int(body.get("worker_pid") or 0), body.get("worker_started")) \
                 and body.get("worker_pid") != os.getpid():
             continue  # its worker still runs it
         found = end_attempt(body)

@@ -11,17 +11,20 @@ import asyncio
 import json
 import logging
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueue
 
+from services.worker import outbox
 from services.worker.control import Obedience
 from services.worker.rpc import AsyncRpcClient, RpcUnavailable, ServiceUnknown
 from shared import events
 from shared.bands import REPORTS_QUEUE, queue_name
 from shared.config import Settings
 from shared.credentials import worker_credential
+from shared.errors import StaleLease
 from shared.resources import HostTotals, replaced_totals_note
 
 if TYPE_CHECKING:
@@ -48,6 +51,7 @@ class FarmLink:
     _reports: AbstractChannel | None
     _queues: list[AbstractQueue]
     _consumer_tags: list[tuple[AbstractQueue, str]]
+    _attempts_dir: Path
     _rpc: AsyncRpcClient | None
     _connected: asyncio.Event
     _draining: asyncio.Event
@@ -106,6 +110,9 @@ class FarmLink:
         self._connected.set()
         await self._join(connection, closed)
         await self._report_host()
+        # A payload end a dead or stopped worker of this host left unreported is taken by the
+        # scheduler before we take work: its task must not come to us to run again.
+        await self._deliver_outcomes(attempts=3)
         if self.current is None and not self._draining.is_set():
             await self._start_consuming()
 
@@ -203,6 +210,24 @@ class FarmLink:
                             report["task_id"], exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
+
+    async def _outbox_loop(self) -> None:
+        """Report the payload ends that a killed, stopped or hung worker of this host has not."""
+        while True:
+            await asyncio.sleep(outbox.LOOK_EVERY)
+            await self._deliver_outcomes(attempts=None)
+
+    async def _deliver_outcomes(self, attempts: int | None) -> None:
+        async def send(report: dict[str, Any]) -> None:
+            try:
+                await self._call("scheduler", "finish_task", attempts=attempts, **report)
+            except StaleLease as exc:
+                log.warning("late finish report refused: %s", exc)
+
+        try:
+            await outbox.deliver(self._attempts_dir, os.getpid(), send)
+        except (OSError, RpcUnavailable) as exc:
+            log.warning("unreported payload ends not sent yet: %s", exc)
 
     # --- heartbeats and calls -------------------------------------------------------------------
 

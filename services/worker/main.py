@@ -30,6 +30,7 @@ from services.worker.rpc import AsyncRpcClient, RpcUnavailable, ServiceUnknown
 from services.worker.scratch import attempt_scratch, storage_shortage, wait_for_room
 from shared.config import Settings
 from shared.errors import StaleLease
+from shared.leases import fence_margin
 from shared.resources import HostTotals, detect_host_totals
 from shared.storage import task_log_path, task_result_path
 
@@ -118,6 +119,7 @@ class Worker(FarmLink):
         self.name = self.name or self._name_claim.take()
         connection_task = asyncio.create_task(self._stay_connected())
         heartbeat_task = asyncio.create_task(self._heartbeat_loop())
+        outbox_task = asyncio.create_task(self._outbox_loop())
         holding_task = asyncio.create_task(self.held.keep(
             self._call, self.settings.heartbeat_seconds, self._on_held))
         try:
@@ -130,6 +132,7 @@ class Worker(FarmLink):
             self._stopped.set()
             self._name_claim.release()
             heartbeat_task.cancel()
+            outbox_task.cancel()
             connection_task.cancel()
             if self._connection is not None:
                 await self._connection.close()
@@ -365,7 +368,7 @@ class Worker(FarmLink):
                       marker=f"{self.worker_id}.{name}", attempts_dir=self._attempts_dir,
                       log_max_bytes=self.settings.log_max_bytes,
                       log_head_bytes=self.settings.log_head_bytes,
-                      cgroup_base=self._cgroup_base)
+                      cgroup_base=self._cgroup_base, lease_token=claim["lease_token"])
         run.fence_at(self._fence_deadline(self._claim_sent_at))
         if bookings is None:
             # A message that did not say what to book (published by an older scheduler).
@@ -409,12 +412,10 @@ class Worker(FarmLink):
         elif run._kill_reason in ("cancelled", "lease lost"):
             pass  # the scheduler already knows; a report would be refused
         else:
-            await self._publish_finish({
-                "task_id": run.task_id, "lease_token": claim["lease_token"],
-                "exit_code": run.exit_code, "result": run.result, "reason": run.reason,
-                "log_tail": None if run.exit_code == 0 and not run.reason else run.log_tail,
-                "log_path": str(run.log_path), "process_started_at": run.started_at,
-                "process_ended_at": run.ended_at, "peak_memory_mb": run.peak_memory_mb or None})
+            await self._publish_finish(run.finish_report())
+            if run.outcome_path is not None:
+                # With the broker now: no other worker of the host need send it for us.
+                run.outcome_path.unlink(missing_ok=True)
 
     def _refusal(self, claim: dict[str, Any], refused: str) -> str:
         """The hand-back reason a person reads in the task's attempts."""
@@ -475,14 +476,6 @@ class Worker(FarmLink):
             await self._call("scheduler", method, attempts=None, **kwargs)
         except StaleLease as exc:
             log.warning("%s refused: %s", method, exc)
-
-def fence_margin(settings: Settings) -> float:
-    """How long before its lease would run out a worker kills a payload it could not renew.
-
-    One heartbeat, and at least a second: room for the kill itself and for the scheduler's
-    clock running a little fast against ours.
-    """
-    return min(max(settings.heartbeat_seconds, 1.0), settings.lease_seconds / 2)
 
 
 async def _settle(awaitable: Any) -> None:

@@ -99,6 +99,11 @@ class TaskRun:
     """Carried by every process of the attempt (CORRAL_RUN), to find what a lost one left."""
     attempts_dir: Path | None = None
     cgroup_base: Path | None = None
+    lease_token: str = ""
+    """With `attempts_dir`, the supervisor writes the payload's own end there with this token,
+    for another worker of the host to report if this one cannot (services/worker/outbox.py)."""
+    ended_itself: bool = False
+    """The payload ended on its own (not killed by us): it did its work and is always reported."""
     _scanned: int = field(default=0, repr=False)
     _supervisor: asyncio.subprocess.Process | None = field(default=None, repr=False)
     _deadline: float | None = field(default=None, repr=False)
@@ -196,10 +201,9 @@ class TaskRun:
         self._supervisor = supervisor
         cgroup = (str(self.cgroup_base / self.marker)
                   if self.cgroup_base is not None and self.marker else None)
-        nice = self.nice
         self._tell({"argv": self.argv(), "env": env, "cwd": self.cwd, "log": str(self.log_path),
-                    "nice": nice, "cgroup": cgroup, "log_max": self.log_max_bytes,
-                    "log_head": self.log_head_bytes})
+                    "nice": self.nice, "cgroup": cgroup, "log_max": self.log_max_bytes,
+                    "log_head": self.log_head_bytes, "outcome": self._outcome_spec(log_tail_bytes)})
         if self._deadline is not None:
             self._tell({"deadline": self._deadline})
         if self._kill_reason is not None:
@@ -238,19 +242,47 @@ class TaskRun:
             record_path.unlink(missing_ok=True)
         self.ended_at = time.time()
         self.exit_code = ended.get("exit")
-        if ended.get("fenced"):
+        self.ended_itself = bool(ended.get("ended_itself"))
+        if self.ended_itself:
+            # It finished before any kill of ours took effect: its own end is what happened.
+            self._kill_reason = None
+            self.reason = end_reason(self.exit_code, ended.get("log_error"))
+        elif ended.get("fenced"):
             self._kill_reason = self._kill_reason or FENCED
         if self._kill_reason:
             self.reason = self._kill_reason
-        elif ended.get("log_error"):
-            self.reason = str(ended["log_error"])  # stopped: its output could not be kept
         elif self.exit_code is None:
             self.reason = "the attempt's supervisor died"
-        elif self.exit_code < 0:
-            self.reason = f"killed by signal {signal.Signals(-self.exit_code).name}"
+        else:
+            self.reason = end_reason(self.exit_code, ended.get("log_error"))
         self.scan_progress()
-        self.result = self._read_result()
-        self.log_tail = self._read_tail(log_tail_bytes)
+        self.result, note = read_result(self.result_path)
+        if note:
+            self._note(note)
+        self.log_tail = read_tail(self.log_path, log_tail_bytes)
+
+    @property
+    def outcome_path(self) -> Path | None:
+        """Where the supervisor writes the payload's own end (see services/worker/outbox.py)."""
+        if self.attempts_dir is None or not self.marker or not self.lease_token:
+            return None
+        return self.attempts_dir / f"{self.marker}{OUTCOME_SUFFIX}"
+
+    def _outcome_spec(self, log_tail_bytes: int) -> dict[str, Any] | None:
+        path = self.outcome_path
+        if path is None:
+            return None
+        return {"path": str(path), "report": {
+            "task_id": self.task_id, "lease_token": self.lease_token,
+            "log_path": str(self.log_path), "result_path": str(self.result_path),
+            "log_tail_bytes": log_tail_bytes, "worker_pid": os.getpid(),
+            "worker_started": leftovers.started(os.getpid())}}
+
+    def finish_report(self) -> dict[str, Any]:
+        """The finish report of this attempt, as the scheduler's `corral.reports` queue takes it."""
+        return finish_report(self.task_id, self.lease_token, self.exit_code, self.reason,
+                             self.result, self.log_tail, self.log_path, self.started_at,
+                             self.ended_at, self.peak_memory_mb or None)
 
     async def _watch_memory(self, supervisor_pid: int) -> None:
         """Sample the payload's whole process tree; over its limit (with headroom), kill it."""
@@ -295,20 +327,6 @@ class TaskRun:
                 self.kill(f"stalled: no output for {self.stall_timeout:g} s")
                 return
 
-    def _read_result(self) -> Any:
-        try:
-            size = self.result_path.stat().st_size
-        except FileNotFoundError:
-            return None
-        if size > MAX_RESULT_BYTES:
-            self._note(f"result file is {size} bytes, over the {MAX_RESULT_BYTES} byte limit")
-            return None
-        try:
-            return json.loads(self.result_path.read_bytes() or b"null")
-        except ValueError as exc:
-            self._note(f"result file is not valid JSON: {exc}")
-            return None
-
     def _note(self, text: str) -> None:
         try:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -317,16 +335,59 @@ class TaskRun:
         except OSError:
             pass  # the reason travels in the finish report all the same
 
-    def _read_tail(self, limit: int) -> str | None:
-        if limit <= 0:
-            return None
-        try:
-            with open(self.log_path, "rb") as log:
-                log.seek(0, os.SEEK_END)
-                log.seek(max(0, log.tell() - limit))
-                return log.read().decode(errors="replace")
-        except OSError:
-            return None
+OUTCOME_SUFFIX = ".outcome"
+
+
+def end_reason(exit_code: int | None, log_error: str | None) -> str | None:
+    """Why an attempt that ended with `exit_code` failed, when it is not in the code alone."""
+    if log_error:
+        return str(log_error)  # stopped: its output could not be kept
+    if exit_code is not None and exit_code < 0:
+        return f"killed by signal {signal.Signals(-exit_code).name}"
+    return None
+
+
+def finish_report(task_id: int, lease_token: str, exit_code: int | None, reason: str | None,
+                  result: Any, log_tail: str | None, log_path: Path | str,
+                  started_at: float | None, ended_at: float | None,
+                  peak_memory_mb: int | None) -> dict[str, Any]:
+    """The one form of a finish report; a clean success carries no log tail."""
+    return {"task_id": task_id, "lease_token": lease_token, "exit_code": exit_code,
+            "result": result, "reason": reason,
+            "log_tail": None if exit_code == 0 and not reason else log_tail,
+            "log_path": str(log_path), "process_started_at": started_at,
+            "process_ended_at": ended_at, "peak_memory_mb": peak_memory_mb}
+
+
+def read_result(path: Path) -> tuple[Any, str | None]:
+    """The payload's result file as JSON, or None and what was wrong with it."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return None, None
+    except OSError as exc:
+        return None, f"result file cannot be read: {_strerror(exc)}"
+    if size > MAX_RESULT_BYTES:
+        return None, f"result file is {size} bytes, over the {MAX_RESULT_BYTES} byte limit"
+    try:
+        return json.loads(path.read_bytes() or b"null"), None
+    except ValueError as exc:
+        return None, f"result file is not valid JSON: {exc}"
+    except OSError as exc:
+        return None, f"result file cannot be read: {_strerror(exc)}"
+
+
+def read_tail(path: Path, limit: int) -> str | None:
+    """The last `limit` bytes of a log, or None."""
+    if limit <= 0:
+        return None
+    try:
+        with open(path, "rb") as log:
+            log.seek(0, os.SEEK_END)
+            log.seek(max(0, log.tell() - limit))
+            return log.read().decode(errors="replace")
+    except OSError:
+        return None
 
 
 def _strerror(exc: OSError) -> str:

@@ -7,16 +7,25 @@ exits, is killed, passes its fencing deadline, or the worker dies (its stdin clo
 every descendant: through the attempt's cgroup v2 (`cgroup.kill`) when it was given one, and by
 walking /proc for its descendants until none is left.
 
+A payload that ends on its own has done its work, whatever happens to the worker next: with
+`outcome` the supervisor writes its end (the worker's finish report, completed with the exit
+code and the end time) to that file before it tells the worker, so that a worker killed or
+frozen before it could report does not lose the result: another worker of the host delivers it
+(services/worker/outbox.py). A payload killed by the supervisor leaves no outcome: it did not
+finish, and its attempt is lost or failed as the worker says.
+
 The payload's output goes to its log. With `log_max` (bytes, 0 for no cap) it goes through a pipe
 the supervisor copies into a `CappedLog`: past the cap the middle is cut out, keeping the first
 `log_head` bytes, a line saying how much was cut, and the latest output.
 
 Protocol, one JSON object per line. On stdin, from the worker: first the payload
-`{"argv", "env", "cwd", "log", "nice", "cgroup", "log_max", "log_head"}`, then any of
+`{"argv", "env", "cwd", "log", "nice", "cgroup", "log_max", "log_head", "outcome"}` (`outcome`:
+`{"path", "report"}` or null), then any of
 `{"deadline": T}` (kill at time.monotonic() T unless moved again) and `{"kill": true}`. On
 stdout, to the worker: `{"started": pid}` or `{"error": text}`, then `{"exit": code, "fenced":
-bool, "log_error": text or null}` where a code below zero is the signal that ended the payload,
-as in subprocess.
+bool, "log_error": text or null, "ended_itself": bool}` where a code below zero is the signal
+that ended the payload, as in subprocess, and `ended_itself` says that it was not the supervisor
+that ended it (an outcome was written).
 """
 
 from __future__ import annotations
@@ -135,6 +144,7 @@ class Payload:
         self.spec = spec
         self.cgroup: str | None = spec.get("cgroup")
         self.pid = 0
+        self.started_at: float | None = None
         self.status: int | None = None
         self.capped: CappedLog | None = None
         self.output: int | None = None  # the read end of the payload's output pipe, when capped
@@ -159,6 +169,7 @@ class Payload:
             except OSError:
                 self.cgroup = None  # the tree walk alone then ends the payload's descendants
         failed_read, failed_write = os.pipe()  # close-on-exec: empty at EOF means exec worked
+        self.started_at = time.time()
         self.pid = os.fork()
         if self.pid == 0:
             self._exec(log, failed_write)
@@ -337,14 +348,41 @@ def main() -> int:
             if "deadline" in message:
                 deadline = float(message["deadline"])
     payload.copy_output()  # what the payload wrote before it ended
+    payload.reap()
+    ended_before_kill = payload.status is not None
     payload.kill_tree()
     payload.copy_output(until_eof=True)  # and what its descendants wrote before they died
+    status = payload.status if payload.status is not None else -signal.SIGKILL
+    # A SIGKILL cannot be caught: a payload that exited with a code did so before our kill.
+    ended_itself = ended_before_kill or status >= 0
+    if ended_itself and payload.spec.get("outcome"):
+        write_outcome(payload.spec["outcome"], status, payload.started_at, payload.log_error)
     try:
-        _say({"exit": payload.status if payload.status is not None else -signal.SIGKILL,
-              "fenced": fenced, "log_error": payload.log_error})
+        _say({"exit": status, "fenced": fenced, "log_error": payload.log_error,
+              "ended_itself": ended_itself})
     except OSError:
         pass  # the worker is gone; there is nobody to tell
     return 0
+
+
+def write_outcome(outcome: dict[str, Any], status: int, started_at: float | None,
+                  log_error: str | None) -> None:
+    """The payload's end, written whole (a temporary file renamed) and readable by us alone:
+    it holds the attempt's lease token. Not synced to disk: it is there for a worker that
+    dies, not for a machine that does (that takes the payload's work with it)."""
+    body = {**outcome["report"], "exit_code": status, "process_started_at": started_at,
+            "process_ended_at": time.time(), "log_error": log_error}
+    path = str(outcome["path"])
+    temporary = path + ".tmp"
+    try:
+        handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(handle, json.dumps(body).encode())
+        finally:
+            os.close(handle)
+        os.replace(temporary, path)
+    except OSError:
+        pass  # a full disk: the worker still hears of the end, only a later one cannot
 
 
 if __name__ == "__main__":

@@ -152,8 +152,42 @@ def test_expired_lease_requeues_at_head_without_charging_a_retry(scheduler_store
     assert (task["state"], task["attempt"], task["failures"], task["head"]) == \
         ("queued", 2, 0, True)
     assert task["attempts"][0]["state"] == "lost"
+    # Once another attempt has claimed the task, the lost one's report is stale.
+    ops.claim_task(scheduler_store, task_id, 2, "w2", "host", 30)
     with pytest.raises(StaleLease):
         ops.finish_task(scheduler_store, task_id, token, 0)
+
+
+def test_a_late_report_of_a_lost_attempt_is_taken_while_no_other_attempt_has_claimed(
+        scheduler_store: Store) -> None:
+    """A payload that ended inside its lease, reported after it (its worker stopped or killed,
+    the report sent by another worker of the host): the task is done, and does not run again."""
+    (task_id,) = task_ids(scheduler_store, submit(scheduler_store)["id"])
+    token = ops.claim_task(scheduler_store, task_id, 1, "w1", "host", 0.01).reply["lease_token"]
+    time.sleep(0.05)
+    ops.expire_leases(scheduler_store, grace_seconds=5)
+    task = ops.get_task(scheduler_store, task_id)
+    assert task["state"] == "queued" and task["ready_at"] > time.time() + 4
+    ops.finish_task(scheduler_store, task_id, token, 0)
+    task = ops.get_task(scheduler_store, task_id)
+    assert (task["state"], task["attempt"]) == ("done", 1)
+    assert [a["state"] for a in task["attempts"]] == ["done"]
+    # The message that would have run it again starts nothing; a repeat is answered as one.
+    assert ops.claim_task(scheduler_store, task_id, 2, "w2", "host", 30).reply["status"] == "stale"
+    assert ops.finish_task(scheduler_store, task_id, token, 0).reply["duplicate"] is True
+
+
+def test_a_late_failure_of_a_lost_attempt_is_charged_like_any_failure(
+        scheduler_store: Store) -> None:
+    (task_id,) = task_ids(scheduler_store, submit(scheduler_store)["id"])
+    token = ops.claim_task(scheduler_store, task_id, 1, "w1", "host", 0.01).reply["lease_token"]
+    time.sleep(0.05)
+    ops.expire_leases(scheduler_store)
+    ops.finish_task(scheduler_store, task_id, token, 3)
+    task = ops.get_task(scheduler_store, task_id)  # no retries asked for: it failed for good
+    assert (task["state"], task["attempt"], task["failures"]) == ("failed", 1, 1)
+    assert task["reason"] == "exited with code 3"
+    assert [a["state"] for a in task["attempts"]] == ["failed"]
 
 
 def test_lost_task_is_released_before_older_tasks_of_its_band(scheduler_store: Store) -> None:

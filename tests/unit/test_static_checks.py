@@ -16,6 +16,10 @@ STRICT = ["shared", "web", "services/scheduler/stats.py", "services/scheduler/di
           # notifications: the outbox and its sender
           "services/scheduler/notifications.py", "services/scheduler/notify_sender.py",
           "services/scheduler/tables.py", "services/scheduler/reports.py",
+          # a payload's run, its supervisor and the late reports of its end
+          "services/worker/process.py", "services/worker/supervisor.py",
+          "services/worker/leftovers.py", "services/worker/outbox.py",
+          "services/common/entrypoints.py",
           # which of several scheduler instances acts
           "services/scheduler/leadership.py"]
 
