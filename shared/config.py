@@ -15,6 +15,7 @@ from shared.bands import Band, parse_bands
 from shared.errors import ConfigError, CorralError
 from shared.licences import LICENCE_NAME
 from shared.notify import StudioHook
+from shared.pathmap import PathMapEntry, check_entries
 from shared.resources import parse_size
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "deploy" / "config.yaml"
@@ -282,6 +283,11 @@ class Settings(BaseModel):
     licence_refusal_limit: int = Field(default=20, ge=1)
     """Refusals in a row after which one more counts as an ordinary failure (the task's retry
     policy decides), so a task that always says so, for whatever reason, cannot loop for ever."""
+    path_map: tuple[PathMapEntry, ...] = ()
+    """How the paths artists' Windows and macOS machines give are found on the Linux nodes: one
+    entry per share, `{windows: 'P:\\', macos: /Volumes/projects, linux: /mnt/projects}`. Workers
+    rewrite a task's argv, working directory and environment through it before the task starts
+    (see the path map section below)."""
     web: WebSettings = Field(default_factory=WebSettings)
     """The monitor's own settings (`CORRAL.web`): see the monitor's section of the README."""
     notifications: NotificationSettings = Field(default_factory=NotificationSettings)
@@ -338,7 +344,8 @@ class Settings(BaseModel):
         # A substituted variable is parsed as YAML again: a secret of digits must stay text.
         return "" if value is None else str(value) if isinstance(value, int | float) else value
 
-    @field_validator("licence_refusal_exit_codes", "licence_refusal_patterns", mode="before")
+    @field_validator("licence_refusal_exit_codes", "licence_refusal_patterns", "path_map",
+                     mode="before")
     @classmethod
     def _empty_means_none(cls, value: Any) -> Any:
         # Left empty, or its variable unset: no codes, no patterns.
@@ -352,6 +359,12 @@ class Settings(BaseModel):
                 re.compile(pattern)
             except re.error as exc:
                 raise ValueError(f"{pattern!r} is not a regular expression: {exc}") from None
+        return value
+
+    @field_validator("path_map", mode="after")
+    @classmethod
+    def _one_entry_per_prefix(cls, value: tuple[PathMapEntry, ...]) -> tuple[PathMapEntry, ...]:
+        check_entries(value)
         return value
 
     @field_validator("licences", mode="before")
@@ -453,7 +466,8 @@ def settings_from_mapping(raw: Mapping[str, Any], base_dir: Path | None = None) 
     except ValidationError as exc:
         error = exc.errors()[0]
         where = ".".join(str(part) for part in error["loc"]) or "CORRAL"
-        raise ConfigError(f"CORRAL.{where}: {error['msg']}") from None
+        message = str(error["msg"]).removeprefix("Value error, ")
+        raise ConfigError(f"CORRAL.{where}: {message}") from None
 
 
 def load_settings(path: str | os.PathLike[str] | None = None,

@@ -25,6 +25,7 @@ from shared.config import (
     Settings,
     WebSettings,
 )
+from shared.pathmap import RULES, PathMapEntry
 
 REFERENCE_PATH = DEFAULT_CONFIG_PATH.parent.parent / "docs" / "configuration.md"
 # Where each setting sits in the config file, when not at CORRAL.<field name>
@@ -126,11 +127,14 @@ def render_reference(config_text: str | None = None) -> str:
         if name == "licences":
             default = default or "none"
         rows.append([_code(path), _code(variable or ""), _code(default) if default else "(empty)",
-                     _constraint(field) if name not in ("bands", "licences") else "see meaning",
+                     _constraint(field) if name not in ("bands", "licences", "path_map")
+                     else "see meaning",
                      _one_line(field.description)])
     pool_rows = [[_code(name), _code(str(field.default)) if field.default is not None else "",
                   _constraint(field), _one_line(field.description)]
                  for name, field in LicencePoolConfig.model_fields.items()]
+    path_rows = [[_code(name), "yes" if field.is_required() else "", _one_line(field.description)]
+                 for name, field in PathMapEntry.model_fields.items()]
     lines = [
         "# Configuration reference",
         "",
@@ -162,6 +166,28 @@ def render_reference(config_text: str | None = None) -> str:
         "`count`, or a `flexlm` or `rlm` command (not both) to follow a licence server.",
         "",
         *_table(pool_rows, ["setting", "default", "value", "meaning"]),
+        "",
+        "## Path map",
+        "",
+        "`CORRAL.path_map` (or the same YAML list in `CORRAL_PATH_MAP`) lists the shared folders "
+        "artists' machines and the Linux render nodes name differently, one entry per share, "
+        "with `linux` and at least one of `windows` and `macos`:",
+        "",
+        "```yaml",
+        "  path_map:",
+        "    - {windows: 'P:\\', macos: /Volumes/projects, linux: /mnt/projects}",
+        "    - {windows: '\\\\fileserver\\library', linux: /mnt/library}",
+        "```",
+        "",
+        "On a node with that map, `P:\\shot010\\shot.blend` and "
+        "`/Volumes/projects/shot010/shot.blend` both run as `/mnt/projects/shot010/shot.blend`. "
+        "An entry that is not one of these forms, or two entries giving the same client prefix, "
+        "stop the process with an error naming the entry "
+        "(`CORRAL.path_map.1.windows: 'P' is not a Windows path prefix ...`).",
+        "",
+        *_table(path_rows, ["key", "required", "meaning"]),
+        "",
+        *[f"- {rule}" for rule in RULES],
         "",
     ]
     return "\n".join(lines)

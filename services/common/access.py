@@ -43,7 +43,7 @@ from nameko.timer import timer
 from sqlalchemy import Table
 
 from services.common import replies
-from services.common.entrypoints import Rpc, event_handler
+from services.common.entrypoints import event_handler, is_rpc
 from shared import audit, events
 from shared.config import Settings, settings_from_mapping
 from shared.credentials import farm_secret
@@ -164,7 +164,7 @@ def rule_of(method: Any) -> Rule | None:
 def rpc_methods(service_cls: type) -> dict[str, Any]:
     """Every @rpc method of a service class, by name."""
     return {name: member for name, member in inspect.getmembers(service_cls, inspect.isfunction)
-            if any(isinstance(entrypoint, Rpc)
+            if any(is_rpc(entrypoint)
                    for entrypoint in getattr(member, "nameko_entrypoints", ()))}
 
 
@@ -248,7 +248,7 @@ class Access(_Provider):
         self.refreshed_at = float("-inf")
 
     def get_dependency(self, worker_ctx: Any) -> Caller:
-        if not isinstance(worker_ctx.entrypoint, Rpc):
+        if not is_rpc(worker_ctx.entrypoint):
             # Not a caller's request: what this worker asks of other services, it asks itself.
             worker_ctx.data[CONTEXT_KEY] = self.service_token
         return Caller(self, worker_ctx)

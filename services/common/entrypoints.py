@@ -65,6 +65,12 @@ class EventHandler(_SurvivesBrokerLoss, nameko.events.EventHandler):  # type: ig
     pass
 
 
+def is_rpc(entrypoint: Any) -> bool:
+    """Whether an entrypoint is an RPC method's: ours, or nameko's own in a service written
+    without these (which `services.common.access` must still see to refuse it its rule)."""
+    return isinstance(entrypoint, nameko.rpc.Rpc)
+
+
 rpc = Rpc.decorator
 consume = Consumer.decorator
 event_handler = EventHandler.decorator

@@ -13,7 +13,6 @@ import logging
 import socket
 from typing import Any
 
-from kombu import Connection, Queue
 from nameko import config
 from nameko.events import EventDispatcher
 from nameko.extensions import DependencyProvider
@@ -25,6 +24,7 @@ from services.common.ask import ask
 from services.common.entrypoints import rpc
 from services.registry import accounts, control
 from services.registry import store as store_ops
+from services.registry.queue_probe import QueueProbe
 from shared import audit
 from shared.bands import DEAD_REPORTS_QUEUE, REPORTS_QUEUE, queue_name
 from shared.config import Settings, settings_from_mapping
@@ -44,30 +44,18 @@ class RegistryState:
         self.settings = settings
         self.store = store
         self.secret = farm_secret(settings)  # signs the tokens the registry issues
+        self.queues = QueueProbe(settings.amqp_uri)
 
     def queue_depths(self, pools: set[str]) -> tuple[list[dict[str, Any]], dict[str, int]]:
         """Messages and consumers of every pool-and-band queue, and the finish reports waiting
         and set aside (corral.reports.dead), read with passive declares."""
-        depths = []
-        with Connection(self.settings.amqp_uri, connect_timeout=5) as connection:
-
-            def depth(name: str) -> tuple[int, int]:
-                try:
-                    channel = connection.channel()
-                    _, messages, consumers = Queue(name, channel=channel).queue_declare(
-                        passive=True)
-                    channel.close()
-                    return int(messages), int(consumers)
-                except Exception:  # the queue does not exist yet: nothing ever went there
-                    return 0, 0
-
-            for pool in sorted(pools):
-                for band in self.settings.bands:
-                    name = queue_name(pool, band.name)
-                    messages, consumers = depth(name)
-                    depths.append({"pool": pool, "band": band.name, "queue": name,
-                                   "messages": messages, "consumers": consumers})
-            reports = {"waiting": depth(REPORTS_QUEUE)[0], "dead": depth(DEAD_REPORTS_QUEUE)[0]}
+        names = [(pool, band.name, queue_name(pool, band.name))
+                 for pool in sorted(pools) for band in self.settings.bands]
+        found = self.queues.depths([name for _, _, name in names]
+                                   + [REPORTS_QUEUE, DEAD_REPORTS_QUEUE])
+        depths = [{"pool": pool, "band": band, "queue": name, "messages": found[name][0],
+                   "consumers": found[name][1]} for pool, band, name in names]
+        reports = {"waiting": found[REPORTS_QUEUE][0], "dead": found[DEAD_REPORTS_QUEUE][0]}
         return depths, reports
 
 
@@ -80,6 +68,7 @@ class RegistryCore(DependencyProvider):
         self.state = RegistryState(settings, store)
 
     def stop(self) -> None:
+        self.state.queues.close()
         self.state.store.dispose()
 
     def get_dependency(self, worker_ctx: Any) -> RegistryState:

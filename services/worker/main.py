@@ -31,6 +31,7 @@ from services.worker.scratch import attempt_scratch, storage_shortage, wait_for_
 from shared.config import Settings
 from shared.errors import StaleLease
 from shared.leases import fence_margin
+from shared.pathmap import PathMap
 from shared.resources import HostTotals, detect_host_totals
 from shared.storage import task_log_path, task_result_path
 
@@ -86,6 +87,7 @@ class Worker(FarmLink):
                                      pool)
         self.control = Obedience(self._stop_consuming, self._resume_consuming, self._stop_asked)
         self.held = HeldLicences(hold_licences or {}, self.worker_id, self.host)
+        self.path_map = PathMap(settings.path_map)
         self.current: TaskRun | None = None
         self.tasks_run = 0
         # Attempts this worker has claimed. The scheduler answers a claim from the worker that
@@ -394,6 +396,11 @@ class Worker(FarmLink):
             if run._kill_reason is None:  # not cancelled, handed back or lost meanwhile
                 # Nothing of a lost attempt may still run on this host when this one starts.
                 leftovers.end_leftovers(self._attempts_dir)
+                # Paths as this node names them; the log's first line says what runs.
+                mapped = self.path_map.map_task(run.command, run.cwd, run.env, run.shell)
+                if mapped is not None:
+                    run.command, run.cwd, run.env = mapped.command, mapped.cwd, mapped.env
+                    run._note(mapped.log_line())
                 async with attempt_scratch(storage, claim) as scratch_env:
                     await run.run({**self._payload_env(), **scratch_env},
                                   self.settings.log_tail_bytes, self._supervisors)

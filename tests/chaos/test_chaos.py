@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.chaos.harness import ChaosRun
+from tests.farm import mounted_tmpfs
 from tests.rabbit import RabbitNode
 
 pytestmark = pytest.mark.integration
@@ -22,6 +23,8 @@ FAULTS: dict[str, Fault] = {
     "kill -9 scheduler": lambda run: run.kill_service("scheduler"),
     "kill -9 registry": lambda run: run.kill_service("registry"),
     "kill -9 negotiator": lambda run: run.kill_service("resource_negotiator"),
+    "kill -9 license": lambda run: run.kill_service("license"),
+    "kill -9 cleanup": lambda run: run.kill_service("cleanup"),
     "kill -9 worker": lambda run: run.kill_worker(),
     "kill -9 payload": lambda run: run.kill_payload(),
     "broker restart": lambda run: run.restart_broker(),
@@ -31,6 +34,9 @@ FAULTS: dict[str, Fault] = {
     # again what still runs, and a worker that could not renew must stop its payload itself.
     "broker outage past the lease": lambda run: run.broker_outage(5.0),
     "worker stopped past its lease": lambda run: run.stop_worker(5.0),
+    "worker cut off past its lease": lambda run: run.cut_off_worker(5.0),
+    # Hostile payloads ride in every run's work (tests/chaos/payload.py); this one cannot.
+    "memory hog": lambda run: run.memory_hog(),
 }
 
 
@@ -69,15 +75,50 @@ def test_no_task_is_lost_or_run_twice_under_random_faults_combined(run: ChaosRun
     assert verdict.passed, verdict.details()
 
 
-def test_no_task_is_lost_or_run_twice_when_the_database_drops_every_connection(
+def test_no_task_is_lost_or_run_twice_when_the_database_drops_connections_or_locks_a_table(
         chaos_dir: Path, node: RabbitNode, seed: int,
         new_postgres_database: Callable[[], str]) -> None:
     run = ChaosRun(chaos_dir, node, seed, database_url=new_postgres_database()).start()
+    faults = {"database connections terminated": run.terminate_database_connections,
+              # Past the farm's 3 s RPC timeout: claims, renewals and reports wait or fail.
+              "task table locked past the RPC timeout": lambda: run.lock_task_table(4.0)}
     try:
         run.submit(30)
-        for _ in range(3):
+        for name in ["database connections terminated", "task table locked past the RPC timeout",
+                     run.random.choice(sorted(faults))]:
             time.sleep(run.random.uniform(0.3, 1.5))
-            run.inject("database connections terminated", run.terminate_database_connections)
+            run.inject(name, faults[name])
+        verdict = run.verdict()
+    finally:
+        run.stop()
+    assert verdict.passed, verdict.details()
+
+
+def test_no_task_is_lost_or_run_twice_when_the_storage_disk_fills_up(
+        chaos_dir: Path, node: RabbitNode, seed: int) -> None:
+    """Logs cannot be written for a while: those attempts fail and are retried, workers live."""
+    with mounted_tmpfs(chaos_dir / "storage", "200m") as storage:
+        run = ChaosRun(chaos_dir, node, seed, storage_root=storage).start()
+        try:
+            run.submit(30)
+            for _ in range(2):
+                time.sleep(run.random.uniform(0.3, 1.5))
+                run.inject("disk full", lambda: run.fill_storage(2.0))
+            verdict = run.verdict()
+        finally:
+            run.stop()
+    assert verdict.passed, verdict.details()
+
+
+def test_no_task_is_lost_or_run_twice_when_the_pool_or_its_workers_are_killed(
+        chaos_dir: Path, node: RabbitNode, seed: int) -> None:
+    run = ChaosRun(chaos_dir, node, seed, pool=True).start()
+    faults = {"kill -9 pool": run.kill_pool, "kill -9 a pool's worker": run.kill_pool_worker}
+    try:
+        run.submit(30)
+        for name in ["kill -9 pool", "kill -9 a pool's worker", run.random.choice(sorted(faults))]:
+            time.sleep(run.random.uniform(0.3, 1.5))
+            run.inject(name, faults[name])
         verdict = run.verdict()
     finally:
         run.stop()
