@@ -242,6 +242,15 @@ class Settings(BaseModel):
     lease_seconds: float = Field(gt=0)
     """How long a running task's lease lasts; workers renew it every heartbeat, and one that
     expires puts the task back at the head of its band without charging a retry."""
+    leader_lease_seconds: float = Field(default=10, gt=0)
+    """With several scheduler instances on one farm, how long the leader's lease in the scheduler's
+    database lasts: the leader renews it every quarter of this and stops acting a quarter before
+    its end, and a standby takes over once it has run out (a killed leader is replaced within
+    1.25 times this)."""
+    instance_name: str = ""
+    """This scheduler instance's name in the leader lease and its health answer (followed by its
+    pid). Empty: the host's name, and a leader on this host whose process is gone is replaced at
+    once rather than when its lease runs out."""
     heartbeat_seconds: float = Field(gt=0)
     """How often workers renew their leases and report to the registry: at most half of
     `lease_seconds`."""
@@ -363,7 +372,7 @@ class Settings(BaseModel):
         except ConfigError as exc:
             raise ValueError(str(exc)) from exc
 
-    @field_validator("secret", "worker_token", "token", mode="before")
+    @field_validator("secret", "worker_token", "token", "instance_name", mode="before")
     @classmethod
     def _always_text(cls, value: Any) -> Any:
         # A substituted variable is parsed as YAML again: a secret of digits must stay text.

@@ -62,6 +62,7 @@ class Farm:
         self.vhost = vhost
         self.ctl = ctl  # rabbitmqctl of the broker this farm runs on (the shared one, or a test's own)
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.modules: dict[str, str] = {}  # process name -> the service it runs
         self.env = {
             **os.environ,
             "CORRAL_AMQP_URI": amqp_uri,
@@ -97,19 +98,23 @@ class Farm:
         self.processes[name] = process
         return process
 
-    def start_service(self, module: str,
-                      env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def start_service(self, module: str, env: dict[str, str] | None = None,
+                      name: str | None = None) -> subprocess.Popen[bytes]:
         """Start a service; `env` overrides the farm's variables for it (its own broker address
-        or database, say)."""
-        process = self._spawn(module, [sys.executable, "-m", "nameko", "run", "--config",
-                                       str(CONFIG), f"services.{module}"], env)
-        self.wait_for(lambda: self._service_ready(module), 30, f"{module} to start")
+        or database, say); `name` names a second instance's process ("scheduler-2")."""
+        name = name or module
+        process = self._spawn(name, [sys.executable, "-m", "nameko", "run", "--config",
+                                     str(CONFIG), f"services.{module}"], env)
+        self.modules[name] = module
+        instances = sum(1 for other, running in self.processes.items()
+                        if self.modules.get(other) == module and running.poll() is None)
+        self.wait_for(lambda: self._service_ready(module, instances), 30, f"{name} to start")
         return process
 
-    def _service_ready(self, module: str) -> bool:
+    def _service_ready(self, module: str, instances: int = 1) -> bool:
         out = self.ctl("list_queues", "-p", self.vhost, "name", "consumers", "--quiet")
-        return any(line.split()[:2] == [f"rpc-{module}", "1"] for line in out.splitlines()
-                   if line.strip())
+        return any(line.split()[:2] == [f"rpc-{module}", str(instances)]
+                   for line in out.splitlines() if line.strip())
 
     def start_worker(self, *extra: str, name: str | None = None,
                      env: dict[str, str] | None = None) -> str:

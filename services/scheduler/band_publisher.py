@@ -85,6 +85,17 @@ class BandPublisher:
             self.close()
             raise
 
+    def delete_queues(self, queues: Sequence[str]) -> None:
+        """Delete queues nobody reads any more (one that does not exist is fine); raises when
+        the broker refuses."""
+        try:
+            channel = self._producer_channel()
+            for queue in queues:
+                channel.queue_delete(queue)
+        except Exception:
+            self.close()
+            raise
+
     def queue_depth(self, queue: str) -> int | None:
         """Messages ready in a queue, or None when the broker cannot tell us."""
         counts = self.queue_counts(queue)

@@ -47,7 +47,8 @@ class ChaosRun:
 
     def __init__(self, directory: Path, node: RabbitNode | RabbitCluster, seed: int,
                  workers: int = 3, database_url: str | None = None,
-                 storage_root: Path | None = None, pool: bool = False) -> None:
+                 storage_root: Path | None = None, pool: bool = False, schedulers: int = 1,
+                 scheduler_env: Callable[[int], dict[str, str]] | None = None) -> None:
         self.directory = directory
         self.node = node
         self.seed = seed
@@ -72,6 +73,9 @@ class ChaosRun:
                 self.farm.env[f"CORRAL_{name}_DB"] = database_url
         self.ledger = directory / "ledger.jsonl"
         self.worker_count = workers
+        self.scheduler_count = schedulers
+        # Variables of the nth scheduler instance (from 1), e.g. a name of its own.
+        self.scheduler_env = scheduler_env or (lambda number: {})
         self.workers: list[str] = []   # process names of the live workers
         self.jobs: list[int] = []
         self.injected: list[str] = []
@@ -81,8 +85,10 @@ class ChaosRun:
     def start(self) -> ChaosRun:
         """Every service at once (any order is one a restart can give), then the workers."""
         for service in SERVICES:
-            self.farm._spawn(service, [sys.executable, "-m", "nameko", "run", "--config",
-                                       str(CONFIG), f"services.{service}"])
+            self._spawn_service(service, service, self.scheduler_env(1)
+                                if service == "scheduler" else None)
+        for number in range(2, self.scheduler_count + 1):
+            self._spawn_service(f"scheduler-{number}", "scheduler", self.scheduler_env(number))
         self.farm.wait_for(self._services_ready, 60, "the services to start")
         if self.pool:
             self.start_pool()
@@ -114,11 +120,17 @@ class ChaosRun:
         if workers:
             self.random.choice(workers).kill()
 
+    def _spawn_service(self, name: str, service: str, env: dict[str, str] | None) -> None:
+        self.farm._spawn(name, [sys.executable, "-m", "nameko", "run", "--config", str(CONFIG),
+                                f"services.{service}"], env)
+        self.farm.modules[name] = service
+
     def _services_ready(self) -> bool:
         out = self.farm.ctl("list_queues", "-p", self.vhost, "name", "consumers", "--quiet")
-        consumed = {line.split()[0] for line in out.splitlines()
-                    if len(line.split()) >= 2 and line.split()[1] != "0"}
-        return all(f"rpc-{service}" in consumed for service in SERVICES)
+        consumers = {line.split()[0]: int(line.split()[1]) for line in out.splitlines()
+                     if len(line.split()) >= 2 and line.split()[1].isdigit()}
+        return all(consumers.get(f"rpc-{service}", 0) >= (
+            self.scheduler_count if service == "scheduler" else 1) for service in SERVICES)
 
     def add_worker(self) -> None:
         """A worker reaching the broker through a proxy of its own (see `cut_off_worker`); on
@@ -173,6 +185,23 @@ class ChaosRun:
         self.farm.kill(service)
         time.sleep(self.random.uniform(0.2, 1.5))
         self.farm.start_service(service)
+
+    def leading_scheduler(self) -> str | None:
+        """The process name of the scheduler instance that leads now, as the instance answering
+        says; None while none does."""
+        leader = self.farm.rpc.scheduler.health()["leadership"]["leader"]
+        if leader is None:
+            return None
+        pid = int(leader.split("/")[1])
+        return next((name for name, process in self.farm.processes.items()
+                     if self.farm.modules.get(name) == "scheduler" and process.pid == pid
+                     and process.poll() is None), None)
+
+    def kill_leading_scheduler(self) -> str:
+        """kill -9 of the scheduler instance that leads (it is not started again); its name."""
+        name = self.farm.wait_for(self.leading_scheduler, 30, "a scheduler to lead")
+        self.farm.kill(name)
+        return str(name)
 
     def kill_worker(self) -> None:
         name = self.random.choice(self.workers)
