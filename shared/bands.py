@@ -62,17 +62,41 @@ def band_rank(bands: Iterable[Band], name: str) -> int:
 
 
 REPORTS_QUEUE = "corral.reports"
+"""Durable queue of workers' finish reports: published with confirms, applied by the scheduler."""
 DEAD_REPORTS_QUEUE = "corral.reports.dead"
 """Finish reports the scheduler could not apply, kept for a person to look at."""
-"""Durable queue of workers' finish reports: published with confirms, applied by the scheduler."""
+
+QUORUM_DELIVERY_LIMIT = 1_000_000_000
+"""`x-delivery-limit` of Corral's quorum queues: out of reach, so that no message is ever
+dropped for its redeliveries. RabbitMQ counts a delivery whose consumer died holding it (a worker
+killed by a crashing host) or put it back (a worker that found no room), and 4.x drops a message
+at 20 by default: a crash-looping host would lose a healthy task's message. The scheduler's
+database counts attempts, not the broker; a band message is only a hint to claim (3.10 takes no
+-1 for "unlimited", so the limit is a number)."""
+
+
+def queue_arguments(queue_type: str) -> dict[str, Any]:
+    """The declare arguments of every durable shared queue of Corral's, for `queue_type`.
+
+    Every part declaring a queue passes the same, or RabbitMQ refuses the declare. Classic queues
+    take none (no `x-max-priority` either: each band is a queue of its own and the scheduler
+    orders work within a band, so no message carries a priority); quorum queues are replicated
+    over the cluster's nodes and never drop a message for its redeliveries.
+    """
+    if queue_type == "classic":
+        return {}
+    if queue_type == "quorum":
+        return {"x-queue-type": "quorum", "x-delivery-limit": QUORUM_DELIVERY_LIMIT}
+    raise ConfigError(f"queue type {queue_type!r} is neither classic nor quorum")
+
 
 HEARTBEATS_QUEUE = "corral.heartbeats"
 """Durable queue of workers' heartbeats (shared.heartbeat.Heartbeat): published with confirms and
 no reply, applied by the registry in batches."""
 HEARTBEATS_QUEUE_ARGUMENTS = {"x-max-length": 100_000, "x-overflow": "drop-head"}
-"""What the heartbeat queue is declared with, by workers and the registry alike: a registry down
+"""What the registry declares the heartbeat queue with, beside queue_arguments: a registry down
 for long drops the oldest heartbeats (each worker's newest are what count) rather than fill the
-broker's memory."""
+broker's memory (quorum queues take both too)."""
 
 
 def queue_name(pool: str, band: str) -> str:

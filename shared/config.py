@@ -6,7 +6,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -182,6 +182,23 @@ class NotificationSettings(BaseModel):
         return "" if value is None else str(value) if isinstance(value, int | float) else value
 
 
+BROKER_SCHEMES = ("amqp://", "amqps://")
+
+
+def split_broker_uris(value: str) -> tuple[str, ...]:
+    """The URLs of `amqp_uri`, one per broker node, `;` between them (kombu's failover form)."""
+    uris = tuple(part.strip() for part in value.split(";"))
+    for uri in uris:
+        shown = uri.split("@")[-1] or "an empty one"  # never the password
+        if uri.count("://") > 1:
+            raise ValueError(f"{shown!r} holds more than one URL: separate several brokers "
+                             "with ';'")
+        if not uri.startswith(BROKER_SCHEMES):
+            raise ValueError(f"{shown!r} is not an AMQP URL: each broker is amqp://user:password"
+                             "@host:port/vhost or amqps://...")
+    return uris
+
+
 class Settings(BaseModel):
     """Everything a Corral process needs to know, read once at start.
 
@@ -191,7 +208,13 @@ class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     amqp_uri: str
-    """The RabbitMQ broker every part connects to, as an AMQP URL with user, password and vhost."""
+    """The RabbitMQ broker every part connects to, as an AMQP URL with user, password and vhost;
+    on a cluster, one URL per node separated by `;` (each part connects to the first that
+    answers and fails over to the others)."""
+    queue_type: Literal["classic", "quorum"] = "classic"
+    """The kind of Corral's durable queues (the bands, the finish reports, each service's RPC
+    and event queues): `quorum` on a RabbitMQ cluster, so they survive the loss of a node.
+    Every part of a farm must say the same; changing it needs the farm's queues deleted first."""
     data_dir: Path
     """Folder of the SQLite databases of services given no database URL (relative: to the folder
     the process starts in)."""
@@ -219,6 +242,15 @@ class Settings(BaseModel):
     lease_seconds: float = Field(gt=0)
     """How long a running task's lease lasts; workers renew it every heartbeat, and one that
     expires puts the task back at the head of its band without charging a retry."""
+    leader_lease_seconds: float = Field(default=10, gt=0)
+    """With several scheduler instances on one farm, how long the leader's lease in the scheduler's
+    database lasts: the leader renews it every quarter of this and stops acting a quarter before
+    its end, and a standby takes over once it has run out (a killed leader is replaced within
+    1.25 times this)."""
+    instance_name: str = ""
+    """This scheduler instance's name in the leader lease and its health answer (followed by its
+    pid). Empty: the host's name, and a leader on this host whose process is gone is replaced at
+    once rather than when its lease runs out."""
     heartbeat_seconds: float = Field(gt=0)
     """How often workers renew their leases and report to the registry: at most half of
     `lease_seconds`."""
@@ -302,6 +334,17 @@ class Settings(BaseModel):
     storage_min_free_bytes: int = Field(ge=0)
     """Below this much free space on the storage root (e.g. 5G) workers start nothing new."""
 
+    @field_validator("amqp_uri", mode="after")
+    @classmethod
+    def _every_uri_is_amqp(cls, value: str) -> str:
+        split_broker_uris(value)
+        return value
+
+    @property
+    def amqp_uris(self) -> tuple[str, ...]:
+        """Each broker node's URL, in the order given (one, unless on a cluster)."""
+        return split_broker_uris(self.amqp_uri)
+
     @field_validator("retention_logs_seconds", "retention_scratch_seconds",
                      "retention_results_seconds", "retention_records_seconds",
                      "forget_workers_after_seconds", mode="before")
@@ -329,7 +372,7 @@ class Settings(BaseModel):
         except ConfigError as exc:
             raise ValueError(str(exc)) from exc
 
-    @field_validator("secret", "worker_token", "token", mode="before")
+    @field_validator("secret", "worker_token", "token", "instance_name", mode="before")
     @classmethod
     def _always_text(cls, value: Any) -> Any:
         # A substituted variable is parsed as YAML again: a secret of digits must stay text.

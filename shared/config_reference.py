@@ -11,7 +11,7 @@ import argparse
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic.fields import FieldInfo
@@ -84,6 +84,8 @@ def _constraint(field: FieldInfo) -> str:
     bounds = [f"{words[name]} {getattr(item, name)}" for item in field.metadata
               for name in words if getattr(item, name, None) is not None]
     annotation = field.annotation
+    if get_origin(annotation) is Literal:  # one of a few words
+        return " or ".join(f"`{choice}`" for choice in get_args(annotation))
     kind = getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
     kind = {"float": "number", "int": "integer", "str": "text", "Path": "path",
             "tuple[str, ...] | None": "argv list", "int | None": "integer",

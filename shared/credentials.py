@@ -114,8 +114,9 @@ def login_path(environ: Mapping[str, str] | None = None) -> Path:
 
 
 def broker_address(amqp_uri: str) -> str:
-    """The broker and vhost of a URI, without its credentials: what a login is kept for."""
-    return amqp_uri.split("@")[-1].rstrip("/")
+    """The broker and vhost of a URI, without its credentials: what a login is kept for (every
+    node's, on a cluster)."""
+    return ";".join(part.split("@")[-1].rstrip("/") for part in amqp_uri.split(";"))
 
 
 def save_login(settings: Settings, login: Mapping[str, Any],

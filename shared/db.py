@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -71,6 +72,20 @@ def clock_query(engine: Engine) -> str:
     return "SELECT extract(epoch from clock_timestamp())"
 
 
+def writer_lock_query(engine: Engine, name: str) -> str:
+    """SQL that makes the transaction it starts the only writer of a store's tables until it ends.
+
+    SQLite: BEGIN IMMEDIATE, the database's own write lock taken before the first read (a
+    deferred transaction would read, then find another process had written meanwhile).
+    PostgreSQL: a transaction-level advisory lock on a key named after the store, so services
+    sharing one database do not wait on each other.
+    """
+    if engine.dialect.name == "sqlite":
+        return "BEGIN IMMEDIATE"
+    key = zlib.crc32(f"corral.store.{name}".encode())
+    return f"SELECT pg_advisory_xact_lock({key})"
+
+
 class Store:
     """A service's handle on its own database: its schema, sessions, one writer at a time, the clock.
 
@@ -89,6 +104,8 @@ class Store:
         # One writer at a time: SQLite allows no more, and a green thread must never wait on a
         # database lock held by another green thread of the same process.
         self._write_lock = threading.RLock()
+        self._writer_sql = text(writer_lock_query(engine, migrations or ",".join(
+            sorted(metadata.tables))))
 
     def migrate(self) -> Upgrade:
         """Bring the database to the newest schema, once even if several processes start together.
@@ -105,10 +122,16 @@ class Store:
 
     @contextmanager
     def write(self) -> Iterator[Session]:
-        """A session in one transaction, committed on success; never do broker I/O inside it."""
+        """A session in one transaction, committed on success; never do broker I/O inside it.
+
+        The transaction first takes the database's writer lock for this store (see
+        writer_lock_query): it runs alone among every process writing these tables, so what it
+        read is still so when it commits, however many instances of a service share them.
+        """
         with self._write_lock:
             with Session(self.engine, expire_on_commit=False) as session:
                 with session.begin():
+                    session.execute(self._writer_sql)
                     yield session
 
     @contextmanager

@@ -22,8 +22,8 @@ def how_to_start(service: str) -> str:
 
 
 def safe_uri(amqp_uri: str) -> str:
-    """The broker address without its user and password."""
-    return amqp_uri.split("@")[-1]
+    """The broker address without its user and password (each node's, on a cluster)."""
+    return ";".join(part.split("@")[-1] for part in amqp_uri.split(";"))
 
 
 def broker_advice(amqp_uri: str, error: Exception) -> str:
@@ -50,7 +50,8 @@ def check_broker(amqp_uri: str) -> None:
 
     try:
         with Connection(amqp_uri, connect_timeout=3) as connection:  # type: ignore[no-untyped-call]
-            connection.ensure_connection(max_retries=1)
+            # A try for each node of a cluster (kombu moves on to the next at each retry).
+            connection.ensure_connection(max_retries=amqp_uri.count(";") + 1)
     except Exception as exc:
         raise BrokerUnreachable(broker_advice(amqp_uri, exc)) from None
 
@@ -91,6 +92,20 @@ class CheckedServices:
         return getattr(self._client, service)
 
 
+def cluster_rpc_proxy(amqp_uri: str, **options: Any) -> Any:
+    """Nameko's standalone ClusterRpcProxy (not started) whose reply queue is transient.
+
+    Nameko declares it durable: on a cluster, a durable classic queue whose node went down can be
+    declared nowhere until that node is back, so the client could not fail over to another node.
+    A transient one RabbitMQ drops with its node, and the client declares it afresh elsewhere.
+    """
+    from nameko.standalone.rpc import ClusterRpcProxy
+
+    client = ClusterRpcProxy(uri=amqp_uri, **options)
+    client.reply_listener.queue.durable = False
+    return client
+
+
 @contextmanager
 def farm_rpc(amqp_uri: str, timeout: float,
              context_data: dict[str, str] | None = None) -> Iterator[CheckedServices]:
@@ -103,13 +118,12 @@ def farm_rpc(amqp_uri: str, timeout: float,
     raises it at once.
     """
     from nameko.exceptions import RpcTimeout, UnknownService
-    from nameko.standalone.rpc import ClusterRpcProxy
 
     check_broker(amqp_uri)
     services: CheckedServices | None = None
     try:
-        with ClusterRpcProxy(uri=amqp_uri, timeout=timeout, expiration=timeout,
-                             context_data=context_data) as client:
+        with cluster_rpc_proxy(amqp_uri, timeout=timeout, expiration=timeout,
+                               context_data=context_data) as client:
             services = CheckedServices(client, amqp_uri)
             yield services
     except RpcTimeout:

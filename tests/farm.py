@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import amqp.exceptions
-from nameko.exceptions import RpcTimeout, UnknownService
+from nameko.exceptions import ReplyQueueExpiredWithPendingReplies, RpcTimeout, UnknownService
 from nameko.standalone.rpc import ClusterRpcProxy
 
 import shared.errors  # noqa: F401  (so refusals arrive as Corral's own errors)
 from shared.config import settings_from_mapping
 from shared.credentials import ensure_local_credentials
 from shared.identity import CONTEXT_KEY, Role, issue_token
+from shared.rpc import cluster_rpc_proxy
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "deploy" / "config.yaml"
@@ -61,6 +62,7 @@ class Farm:
         self.vhost = vhost
         self.ctl = ctl  # rabbitmqctl of the broker this farm runs on (the shared one, or a test's own)
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.modules: dict[str, str] = {}  # process name -> the service it runs
         self.env = {
             **os.environ,
             "CORRAL_AMQP_URI": amqp_uri,
@@ -96,19 +98,23 @@ class Farm:
         self.processes[name] = process
         return process
 
-    def start_service(self, module: str,
-                      env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def start_service(self, module: str, env: dict[str, str] | None = None,
+                      name: str | None = None) -> subprocess.Popen[bytes]:
         """Start a service; `env` overrides the farm's variables for it (its own broker address
-        or database, say)."""
-        process = self._spawn(module, [sys.executable, "-m", "nameko", "run", "--config",
-                                       str(CONFIG), f"services.{module}"], env)
-        self.wait_for(lambda: self._service_ready(module), 30, f"{module} to start")
+        or database, say); `name` names a second instance's process ("scheduler-2")."""
+        name = name or module
+        process = self._spawn(name, [sys.executable, "-m", "nameko", "run", "--config",
+                                     str(CONFIG), f"services.{module}"], env)
+        self.modules[name] = module
+        instances = sum(1 for other, running in self.processes.items()
+                        if self.modules.get(other) == module and running.poll() is None)
+        self.wait_for(lambda: self._service_ready(module, instances), 30, f"{name} to start")
         return process
 
-    def _service_ready(self, module: str) -> bool:
+    def _service_ready(self, module: str, instances: int = 1) -> bool:
         out = self.ctl("list_queues", "-p", self.vhost, "name", "consumers", "--quiet")
-        return any(line.split()[:2] == [f"rpc-{module}", "1"] for line in out.splitlines()
-                   if line.strip())
+        return any(line.split()[:2] == [f"rpc-{module}", str(instances)]
+                   for line in out.splitlines() if line.strip())
 
     def start_worker(self, *extra: str, name: str | None = None,
                      env: dict[str, str] | None = None) -> str:
@@ -180,8 +186,8 @@ class Farm:
 
     def client(self, token: str | None) -> Any:
         """A started RPC client presenting `token` (None: no token at all), stopped with the farm."""
-        client = ClusterRpcProxy(uri=self.amqp_uri, timeout=20,
-                                 context_data={} if token is None else {CONTEXT_KEY: token})
+        client = cluster_rpc_proxy(self.amqp_uri, timeout=20,
+                                   context_data={} if token is None else {CONTEXT_KEY: token})
         self._clients.append(client)
         return client.start()
 
@@ -207,8 +213,11 @@ class Farm:
         while time.monotonic() < deadline:
             try:
                 value = predicate()
-            except (ConnectionError, OSError, amqp.exceptions.ConnectionError):
-                self.reconnect()  # the broker closed this test's own connection: open another
+            except (ConnectionError, OSError, amqp.exceptions.ConnectionError,
+                    ReplyQueueExpiredWithPendingReplies):
+                # The broker closed this test's own connection, or its node (and the reply
+                # queue there) went down: open another.
+                self.reconnect()
                 value = None
             except UnknownService:
                 value = None  # not started yet

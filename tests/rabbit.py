@@ -2,7 +2,8 @@
 
 A test that needs a broker restart, an outage or closed connections runs its farm against a node
 it owns (own node name, ports, cookie and data folder under the test's directory), so the
-machine's broker and every other test's connections are never touched.
+machine's broker and every other test's connections are never touched. `RabbitCluster` joins
+several such nodes into one cluster, for quorum queues and failover between nodes.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import socket
 import subprocess
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
@@ -66,6 +68,9 @@ class RabbitNode:
     @property
     def uri(self) -> str:
         return f"amqp://guest:guest@127.0.0.1:{self.port}/"
+
+    def vhost_uri(self, vhost: str) -> str:
+        return f"{self.uri}{vhost}"
 
     @property
     def env(self) -> dict[str, str]:
@@ -159,3 +164,51 @@ class RabbitNode:
         logs = sorted((self.directory / "log").glob("*.log")) if (self.directory / "log").exists() \
             else []
         return "\n".join(path.read_text(errors="replace")[-size:] for path in logs)
+
+
+class RabbitCluster:
+    """`size` nodes of the test's own (one cookie, own names and ports) joined in one cluster."""
+
+    def __init__(self, directory: Path, size: int = 3) -> None:
+        cookie, prefix = uuid.uuid4().hex, f"corral-test-{uuid.uuid4().hex[:6]}"
+        self.nodes = [RabbitNode(directory / f"node-{i}", name=f"{prefix}-{i}", cookie=cookie)
+                      for i in range(size)]
+        self.stopped: set[str] = set()
+
+    def start(self) -> RabbitCluster:
+        with ThreadPoolExecutor(len(self.nodes)) as starting:
+            list(starting.map(lambda node: node.start(), self.nodes))
+        first = self.nodes[0]
+        for node in self.nodes[1:]:
+            node.ctl("stop_app")
+            node.ctl("join_cluster", first.node)
+            node.ctl("start_app")
+        for node in self.nodes:
+            node.ctl("await_startup")
+        return self
+
+    def vhost_uri(self, vhost: str) -> str:
+        """Every node's URL for `vhost`, `;` between them, as a farm on a cluster is given."""
+        return ";".join(node.vhost_uri(vhost) for node in self.nodes)
+
+    def ctl(self, *args: str, timeout: float = 60) -> str:
+        """rabbitmqctl on a node that is up (any node answers for the whole cluster)."""
+        running = [node for node in self.nodes if node.node not in self.stopped]
+        return running[0].ctl(*args, timeout=timeout)
+
+    def stop_node(self, node: RabbitNode) -> None:
+        self.stopped.add(node.node)
+        node.stop()
+
+    def start_node(self, node: RabbitNode) -> None:
+        node.start()
+        node.ctl("await_startup")
+        self.stopped.discard(node.node)
+
+    def add_vhost(self, name: str) -> None:
+        self.ctl("add_vhost", name)
+        self.ctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+
+    def stop(self) -> None:
+        with ThreadPoolExecutor(len(self.nodes)) as stopping:
+            list(stopping.map(lambda node: node.stop(), self.nodes))

@@ -99,12 +99,17 @@ class RpcClient:
         channel: _Channel | None = getattr(self._local, "channel", None)
         if channel is not None and channel.connection.connected:
             return channel
-        try:
-            channel = _Channel(self.amqp_uri, max(0.1, deadline - time.monotonic()))
-        except (OSError, amqp.exceptions.AMQPError) as exc:
-            raise ServiceUnavailable("broker", f"the broker is not reachable ({exc})") from None
-        self._local.channel = channel
-        return channel
+        # On a cluster, each node in turn (`;` between their URLs) until one answers.
+        failures = []
+        for uri in self.amqp_uri.split(";"):
+            try:
+                channel = _Channel(uri.strip(), max(0.1, deadline - time.monotonic()))
+            except (OSError, amqp.exceptions.AMQPError) as exc:
+                failures.append(str(exc))
+                continue
+            self._local.channel = channel
+            return channel
+        raise ServiceUnavailable("broker", f"the broker is not reachable ({'; '.join(failures)})")
 
     def _drop(self) -> None:
         channel: _Channel | None = getattr(self._local, "channel", None)

@@ -17,7 +17,6 @@ import eventlet
 from nameko import config
 from nameko.events import EventDispatcher
 from nameko.extensions import DependencyProvider
-from nameko.rpc import ServiceRpc
 from nameko.timer import timer
 
 from services.cleanup import logs
@@ -26,7 +25,7 @@ from services.cleanup.sweep import PassReport, Sweeper
 from services.common import report_in
 from services.common.access import Access, Authenticated, allow
 from services.common.ask import ask
-from services.common.entrypoints import event_handler, rpc
+from services.common.entrypoints import ServiceRpc, event_handler, rpc
 from shared import events, storage
 from shared.config import Settings, settings_from_mapping
 from shared.contracts import NegotiatorRpc, RegistryRpc, SchedulerRpc

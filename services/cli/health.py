@@ -59,6 +59,21 @@ def ask(name: str, rpc: Any) -> str:
     return f"{name}: answered in {_ms(started)}"
 
 
+def scheduler_leadership(rpc: Any) -> str | None:
+    """Which scheduler instance answered, whether it leads, and which one does; None when its
+    health answer does not say (an older scheduler, or no answer)."""
+    try:
+        lead = rpc.scheduler.health().get("leadership")
+    except Exception:
+        return None
+    if not lead:
+        return None
+    said = f"instance {lead['instance']} is the {lead['role']}"
+    if lead["role"] == "leader":
+        return f"{said} (term {lead['term']})"
+    return f"{said}; {lead['leader']} leads" if lead["leader"] else f"{said}; no instance leads now"
+
+
 def ask_pool(rpc: Any, host: str) -> str:
     """A pool is healthy while the registry knows a live worker on its host."""
     try:
@@ -96,6 +111,8 @@ def health(
                 said = ask_pool(rpc, host or socket.gethostname())
             else:
                 said = ask(name, rpc)
+                lead = scheduler_leadership(rpc) if name == "scheduler" else None
+                said = f"{said}; {lead}" if lead else said
     except Unhealthy as exc:
         err_console.print(f"[red]unhealthy[/red] {exc}")
         raise typer.Exit(1) from None

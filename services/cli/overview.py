@@ -21,6 +21,7 @@ from services.cli.app import (
     err_console,
     rpc_client,
 )
+from services.cli.health import scheduler_leadership
 from shared.errors import ServiceUnavailable
 from shared.resources import format_size
 
@@ -75,6 +76,7 @@ def status(config: Path | None = ConfigOption, as_json: bool = JsonOption) -> No
     with rpc_client(_settings(config)) as rpc:
         overview = rpc.registry.farm_overview()
         overview["backlog"], backlog_error = _backlog(rpc)
+        leadership = None if as_json else scheduler_leadership(rpc)
     if as_json:
         _print_json(overview)
         return
@@ -89,6 +91,8 @@ def status(config: Path | None = ConfigOption, as_json: bool = JsonOption) -> No
     for service in overview["services"]:
         mark = "[green]up[/green]" if service["alive"] else "[red]silent[/red]"
         console.print(f"{service['service']} on {service['host']}: {mark}")
+    if leadership:
+        console.print(f"scheduler: {escape(leadership)}")
 
 
 def _backlog(rpc: Any) -> tuple[list[dict[str, Any]] | None, str | None]:

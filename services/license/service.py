@@ -17,13 +17,12 @@ from typing import Any
 
 from nameko import config
 from nameko.extensions import DependencyProvider
-from nameko.rpc import ServiceRpc
 from nameko.timer import timer
 
 from services.common import holder_events
 from services.common.access import Access, Authenticated, allow
 from services.common.announcer import Announcer
-from services.common.entrypoints import rpc
+from services.common.entrypoints import ServiceRpc, rpc
 from services.license import store as store_ops
 from shared import audit, events
 from shared.config import Settings, settings_from_mapping

@@ -16,10 +16,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-import aio_pika
 from aio_pika.abc import AbstractConnection
 
 from services.worker import leftovers
+from services.worker.broker import BrokerNodes
 from services.worker.rpc import AsyncRpcClient, RpcUnavailable, ServiceUnknown
 from shared.config import Settings
 from shared.credentials import worker_credential
@@ -219,6 +219,7 @@ class WorkerPool:
         self.not_before = 0.0  # no start before this (monotonic): the crash backoff
         self._connection: AbstractConnection | None = None
         self._rpc: AsyncRpcClient | None = None
+        self._brokers = BrokerNodes(settings.amqp_uris)
         self._next_connect_at = 0.0
         self._connect_delay = 0.2
         self._reported = False
@@ -412,8 +413,7 @@ class WorkerPool:
         if now < self._next_connect_at:
             return False
         try:
-            connection = await aio_pika.connect(self.settings.amqp_uri,
-                                                timeout=self.settings.rpc_timeout_seconds)
+            connection = await self._brokers.connect(timeout=self.settings.rpc_timeout_seconds)
             rpc = AsyncRpcClient(connection, client_name="corral_pool",
                                  token=worker_credential(self.settings))
             await rpc.start()

@@ -27,7 +27,7 @@ import kombu.exceptions
 from kombu import Connection
 from pydantic import ValidationError
 
-from shared.bands import HEARTBEATS_QUEUE, HEARTBEATS_QUEUE_ARGUMENTS
+from shared.bands import HEARTBEATS_QUEUE, HEARTBEATS_QUEUE_ARGUMENTS, queue_arguments
 from shared.errors import Unauthenticated
 from shared.heartbeat import Heartbeat
 from shared.identity import CONTEXT_KEY, Identity, Role
@@ -51,8 +51,10 @@ Verify = Callable[[object], Identity]
 class HeartbeatIntake:
     """One registry instance's consumer of corral.heartbeats (used from one green thread at a time)."""
 
-    def __init__(self, amqp_uri: str, connect_timeout: float = 5) -> None:
+    def __init__(self, amqp_uri: str, queue_type: str = "classic",
+                 connect_timeout: float = 5) -> None:
         self._uri = amqp_uri
+        self._arguments = {**queue_arguments(queue_type), **HEARTBEATS_QUEUE_ARGUMENTS}
         self._connect_timeout = connect_timeout
         self._connection: Connection | None = None
         self._channel: Any = None
@@ -117,7 +119,7 @@ class HeartbeatIntake:
         channel = connection.channel()
         channel.basic_qos(0, PREFETCH, False)
         channel.queue_declare(HEARTBEATS_QUEUE, durable=True, auto_delete=False,
-                              arguments=HEARTBEATS_QUEUE_ARGUMENTS)
+                              arguments=self._arguments)
         channel.basic_consume(HEARTBEATS_QUEUE, callback=self._delivered_one)
         self._connection, self._channel = connection, channel
 

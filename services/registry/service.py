@@ -16,12 +16,11 @@ from typing import Any
 from nameko import config
 from nameko.events import EventDispatcher
 from nameko.extensions import DependencyProvider
-from nameko.rpc import ServiceRpc
 from nameko.timer import timer
 
 from services.common.access import Access, Authenticated, allow
 from services.common.ask import ask
-from services.common.entrypoints import rpc
+from services.common.entrypoints import ServiceRpc, rpc
 from services.registry import accounts, control
 from services.registry import store as store_ops
 from services.registry.heartbeat_intake import BATCH_EVERY, HeartbeatIntake
@@ -47,7 +46,7 @@ class RegistryState:
         self.store = store
         self.secret = farm_secret(settings)  # signs the tokens the registry issues
         self.queues = QueueProbe(settings.amqp_uri)
-        self.heartbeats = HeartbeatIntake(settings.amqp_uri)
+        self.heartbeats = HeartbeatIntake(settings.amqp_uri, settings.queue_type)
 
     def queue_depths(self, pools: set[str]) -> tuple[list[dict[str, Any]], dict[str, int]]:
         """Messages and consumers of every pool-and-band queue, and the finish reports waiting

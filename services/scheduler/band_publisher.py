@@ -14,7 +14,7 @@ from typing import Any
 from kombu import Connection, Queue
 
 from services.scheduler.dispatch import Release
-from shared.bands import queue_name
+from shared.bands import queue_arguments, queue_name
 
 log = logging.getLogger(__name__)
 
@@ -22,8 +22,9 @@ log = logging.getLogger(__name__)
 class BandPublisher:
     """One confirmed channel to the broker; callers serialise their use of it."""
 
-    def __init__(self, amqp_uri: str) -> None:
-        self.amqp_uri = amqp_uri
+    def __init__(self, amqp_uri: str, queue_type: str = "classic") -> None:
+        self.amqp_uri = amqp_uri  # several, `;` between them: kombu fails over among them
+        self.queue_arguments = queue_arguments(queue_type)
         self._connection: Connection | None = None
         self._declared: set[str] = set()
 
@@ -37,6 +38,12 @@ class BandPublisher:
             self._declared.clear()
         return self._connection.default_channel
 
+    def _declare(self, channel: Any, queue: str) -> None:
+        if queue not in self._declared:
+            Queue(queue, durable=True, channel=channel,
+                  queue_arguments=self.queue_arguments).declare()
+            self._declared.add(queue)
+
     def publish(self, releases: Sequence[Release]) -> list[Release]:
         """Publish each message, waiting for the broker's confirm; return those that made it."""
         published: list[Release] = []
@@ -44,9 +51,7 @@ class BandPublisher:
             channel = self._producer_channel()
             for release in releases:
                 queue = queue_name(release.pool, release.band)
-                if queue not in self._declared:
-                    Queue(queue, durable=True, channel=channel).declare()
-                    self._declared.add(queue)
+                self._declare(channel, queue)
                 message: dict[str, Any] = {"task_id": release.task_id,
                                            "attempt": release.attempt}
                 if release.wants:
@@ -69,15 +74,24 @@ class BandPublisher:
         """Publish one persistent JSON message to a durable queue, confirmed; raises on failure."""
         try:
             channel = self._producer_channel()
-            if queue not in self._declared:
-                Queue(queue, durable=True, channel=channel).declare()
-                self._declared.add(queue)
+            self._declare(channel, queue)
             channel.basic_publish(
                 channel.prepare_message(json.dumps(body).encode(), priority=0,
                                         content_type="application/json",
                                         content_encoding="utf-8",
                                         properties={"delivery_mode": 2}),
                 exchange="", routing_key=queue, mandatory=False)
+        except Exception:
+            self.close()
+            raise
+
+    def delete_queues(self, queues: Sequence[str]) -> None:
+        """Delete queues nobody reads any more (one that does not exist is fine); raises when
+        the broker refuses."""
+        try:
+            channel = self._producer_channel()
+            for queue in queues:
+                channel.queue_delete(queue)
         except Exception:
             self.close()
             raise

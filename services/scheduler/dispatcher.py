@@ -1,5 +1,5 @@
 """The scheduler's in-process state: its store, the live workers, hosts and licences it has heard
-of, and the release loop that publishes what may run next."""
+of, and the release loop that publishes what may run next (on the leading instance only)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from services.common.trouble import Troubles
 from services.scheduler import store as store_ops
 from services.scheduler.band_publisher import BandPublisher
 from services.scheduler.dispatch import Amounts, IdleWorker, Release
+from services.scheduler.leadership import Leadership
 from services.scheduler.refusals import RefusalPolicy
 from shared.bands import REPORTS_QUEUE, queue_name
 from shared.config import Settings
@@ -31,12 +32,16 @@ class Dispatcher:
 
     def __init__(self, settings: Settings, store: Store, spawn: Any) -> None:
         self.settings = settings
+        self.leadership: Leadership | None = None
+        """This instance's part in the leader lease; None: it acts alone (tests, tools)."""
+        self.views_stale = False
+        """True from a takeover until the live workers, hosts and licences were read again."""
         self.refusals = RefusalPolicy.from_settings(settings)
         self.store = store
-        self.publisher = BandPublisher(settings.amqp_uri)
+        self.publisher = BandPublisher(settings.amqp_uri, settings.queue_type)
         # Its own channel for the rare messages outside release passes (finish reports tried
         # again or set aside), so they never hold the lock that says a pass is running.
-        self.side_publisher = BandPublisher(settings.amqp_uri)
+        self.side_publisher = BandPublisher(settings.amqp_uri, settings.queue_type)
         self._side_lock = threading.Lock()
         self.workers: dict[str, IdleWorker] = {}
         # Live workers a wrangler drained, disabled or is stopping, with what is wanted of
@@ -130,7 +135,10 @@ class Dispatcher:
         return [*self.workers.values(), *(worker for worker, _ in self.held.values())]
 
     def request_release(self) -> None:
-        """Ask for a release pass soon, without making the caller wait for it."""
+        """Ask for a release pass soon, without making the caller wait for it (a standby's
+        request is left to the leader's sweep, which runs a pass every second)."""
+        if not self.leading():
+            return
         self._wanted = True
         if not self._lock.locked():
             self._spawn(self._release_in_background)
@@ -173,8 +181,28 @@ class Dispatcher:
             return False
         return True
 
+    def leading(self) -> bool:
+        """Whether this instance leads now: only the leader releases, publishes, expires leases
+        and ages; every instance answers RPC and keeps its views."""
+        return self.leadership is None or self.leadership.leading()
+
+    def take_over(self) -> None:
+        """Start a term as leader as at start-up: give running tasks one lease of grace (their
+        renewals may have gone unanswered meanwhile), take fairness's clock from the database,
+        and release nothing until the views are read again (the service's refresh)."""
+        extended = store_ops.extend_all_leases(self.store, self.settings.lease_seconds)
+        if extended:
+            log.info("gave %d running tasks one lease of grace on taking the lead", extended)
+        self.last_served = store_ops.last_served(self.store)
+        self._served_clock = max(self.last_served.values(), default=0.0)
+        self._last_aging = time.monotonic()
+        self.cut_off = False
+        self.views_stale = True
+
     def health(self) -> dict[str, Any]:
         answer = self.troubles.health()
+        if self.leadership is not None:
+            answer["leadership"] = self.leadership.health()
         if self.cut_off:
             answer["ok"] = False
             answer["troubles"]["broker"] = {"error": "our own calls through the broker go "
@@ -184,6 +212,8 @@ class Dispatcher:
     def release_now(self) -> int:
         """Run release passes until nobody has asked for another; at most one runs at a time."""
         self._wanted = True
+        if not self.leading() or self.views_stale:
+            return 0  # the leader releases, once it knows the farm as it is now
         if self.storage_shortage() is not None:
             return 0  # nothing new starts until the storage root has room (workers say why)
         if not self._lock.acquire(blocking=False):
@@ -199,8 +229,8 @@ class Dispatcher:
                                                                in self.hosts.items()},
                                                     licence_free={name: pool["free"] for name, pool
                                                                   in (self.licences or {}).items()})
-                if not plan:
-                    continue
+                if not plan or not self.leading():
+                    continue  # nothing to do, or our lease ran out while we planned
                 for release in plan:
                     self._served_clock += 1
                     self.last_served[release.user] = self._served_clock
@@ -230,6 +260,8 @@ class Dispatcher:
         still waiting for a worker must not be doubled, so queues holding at least as many
         messages as they should are left alone.
         """
+        if not self.leading():
+            return
         stale = store_ops.stale_dispatches(self.store, self.settings.redispatch_seconds)
         if not stale:
             return

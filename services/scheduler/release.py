@@ -266,6 +266,18 @@ def mark_dispatched(store: Store, releases: Sequence[Release]) -> None:
                 .values(state=TaskState.DISPATCHED, dispatched_at=now))
 
 
+def last_served(store: Store) -> dict[str, float]:
+    """When each user with tasks dispatched or running had one released last (its dispatch
+    time): fairness's tie-break as the farm's record has it, for a scheduler that takes over."""
+    with store.read() as session:
+        rows = session.execute(
+            select(Task.user, func.max(Task.dispatched_at))
+            .where(Task.state.in_([TaskState.DISPATCHED, TaskState.RUNNING]),  # type: ignore[attr-defined]
+                   Task.dispatched_at.is_not(None))  # type: ignore[union-attr]
+            .group_by(Task.user)).all()
+    return {user: float(at) for user, at in rows}
+
+
 def stale_dispatches(store: Store, older_than: float) -> list[Release]:
     """Messages published long ago and never claimed, oldest first."""
     with store.read() as session:

@@ -2,8 +2,9 @@
 
 Run it with `nameko run --config deploy/config.yaml services.scheduler`. The class is a thin
 adapter: state changes live in services.scheduler.store, release decisions in
-services.scheduler.dispatch, the in-process release loop in services.scheduler.dispatcher, and
-the handling of finish reports in services.scheduler.reports.
+services.scheduler.dispatch, the in-process release loop in services.scheduler.dispatcher, the
+handling of finish reports in services.scheduler.reports, and which of several instances acts
+in services.scheduler.core and services.scheduler.leadership.
 """
 
 from __future__ import annotations
@@ -16,20 +17,17 @@ from typing import Any
 
 import eventlet
 from kombu import Queue
-from nameko import config
 from nameko.events import EventDispatcher
-from nameko.extensions import DependencyProvider
-from nameko.rpc import ServiceRpc
 from nameko.timer import timer
 
 from services.common.access import Access, Authenticated, allow
 from services.common.ask import ask
-from services.common.entrypoints import consume, event_handler, rpc
+from services.common.entrypoints import ServiceRpc, consume, rpc
 from services.scheduler import retention as retention_ops
 from services.scheduler import stats as farm_stats_ops
 from services.scheduler import store as store_ops
+from services.scheduler.core import SchedulerCore, view_event
 from services.scheduler.dispatcher import Dispatcher
-from services.scheduler.notify_sender import NotificationSender
 from services.scheduler.ownership import (
     env_for_owner,
     job_owner,
@@ -40,9 +38,7 @@ from services.scheduler.reports import MAX_REPORT_TRIES as MAX_REPORT_TRIES
 from services.scheduler.reports import apply_finish_report
 from shared import audit, events
 from shared.bands import REPORTS_QUEUE, band_for_priority
-from shared.config import settings_from_mapping
 from shared.contracts import LicenseRpc, NegotiatorRpc, RegistryRpc, SchedulerRpc
-from shared.db import Store, create_db_engine
 from shared.errors import (
     EXPECTED_EXCEPTIONS,
     CorralError,
@@ -61,37 +57,6 @@ log = logging.getLogger(__name__)
 
 HELD_BY_STORAGE = ("queued", "dispatched", "no_room")
 """why-codes of tasks that would start but for a storage root short of space."""
-
-
-class SchedulerCore(DependencyProvider):
-    """Reads config, opens the scheduler's database and hands every worker the one Dispatcher."""
-
-    def setup(self) -> None:
-        settings = settings_from_mapping(config)
-        store = Store(create_db_engine(settings.scheduler_db), store_ops.SchedulerTable.metadata,
-                      migrations="scheduler")
-        store.migrate()
-        self.dispatcher = Dispatcher(settings, store, self.container.spawn_managed_thread)
-        notify = settings.notifications
-        self.sender = NotificationSender(notify, notify.monitor_url or f"http://{settings.web.bind}",
-                                         store, self.dispatcher.troubles)
-
-    def start(self) -> None:
-        extended = store_ops.extend_all_leases(self.dispatcher.store,
-                                               self.dispatcher.settings.lease_seconds)
-        if extended:
-            log.info("gave %d running tasks one lease of grace after start-up", extended)
-        # Its own green thread: a slow receiver never holds up RPC, reports or release passes.
-        self.sender.start(self.container.spawn_managed_thread)
-
-    def stop(self) -> None:
-        self.sender.stop()
-        self.dispatcher.publisher.close()
-        self.dispatcher.side_publisher.close()
-        self.dispatcher.store.dispose()
-
-    def get_dependency(self, worker_ctx: Any) -> Dispatcher:
-        return self.dispatcher
 
 
 @validate_rpc_arguments
@@ -377,7 +342,7 @@ class SchedulerService(Authenticated):
                 raise InvalidSpec(f"{name}: must be a list of ids")
         return retention_ops.forget_results(self.core.store, task_ids or [], job_ids or [])
 
-    @event_handler("cleanup", events.STORAGE_CHANGED)
+    @view_event("cleanup", events.STORAGE_CHANGED)
     def handle_storage_changed(self, payload: dict[str, Any]) -> None:
         state = StorageChanged.model_validate(payload)
         self.core.set_storage_low(state.reason if state.low else None)
@@ -386,13 +351,13 @@ class SchedulerService(Authenticated):
 
     # --- workers, as the registry reports them --------------------------------------------------
 
-    @event_handler("registry", events.WORKER_JOINED)
+    @view_event("registry", events.WORKER_JOINED)
     def handle_worker_joined(self, payload: dict[str, Any]) -> None:
         self.core.set_worker(payload["worker_id"], payload["pool"], payload["bands"],
                              payload.get("host", ""), payload.get("wanted"))
         self.core.request_release()
 
-    @event_handler("registry", events.WORKER_CONTROLLED)
+    @view_event("registry", events.WORKER_CONTROLLED)
     def handle_worker_controlled(self, payload: dict[str, Any]) -> None:
         """A wrangler drained, disabled, enabled or stopped workers: release by the new picture."""
         controlled = WorkerControlled.model_validate(payload)
@@ -411,7 +376,7 @@ class SchedulerService(Authenticated):
         for host in hosts or ():
             self.core.set_host(host["host"], host["totals"], host["free"])
 
-    @event_handler("resource_negotiator", events.HOST_CHANGED)
+    @view_event("resource_negotiator", events.HOST_CHANGED)
     def handle_host_changed(self, payload: dict[str, Any]) -> None:
         # Less room (a reservation) cannot let anything more start: no release pass for it.
         if self.core.set_host(payload["host"], payload["totals"], payload["free"]):
@@ -424,17 +389,17 @@ class SchedulerService(Authenticated):
         if pools is not None:
             self.core.set_licences(pools)
 
-    @event_handler("license", events.LICENCE_CHANGED)
+    @view_event("license", events.LICENCE_CHANGED)
     def handle_licence_changed(self, payload: dict[str, Any]) -> None:
         if self.core.set_licence(payload["name"], payload["total"],
                                  payload.get("usable", payload["free"])):
             self.core.request_release()
 
-    @event_handler("registry", events.WORKER_LEFT)
+    @view_event("registry", events.WORKER_LEFT)
     def handle_worker_left(self, payload: dict[str, Any]) -> None:
         self.core.drop_worker(payload["worker_id"])
 
-    @event_handler("registry", events.WORKER_LOST)
+    @view_event("registry", events.WORKER_LOST)
     def handle_worker_lost(self, payload: dict[str, Any]) -> None:
         self.core.drop_worker(payload["worker_id"])
 
@@ -464,6 +429,8 @@ class SchedulerService(Authenticated):
         and `health` says so; a sweep never ends the service.
         """
         core = self.core
+        if not core.leading():
+            return  # the leader sweeps; a standby only answers and keeps its views
         if core.troubles.run("lease sweep",
                              lambda: core.may_expire_leases(self._broker_answers()
                                                              and core.reports_consumed())):
@@ -496,6 +463,8 @@ class SchedulerService(Authenticated):
         for worker_id in [*self.core.workers, *self.core.held]:
             if worker_id not in live:
                 self.core.drop_worker(worker_id)
-        # With the live workers known, end what no host of theirs may ever take.
-        self._emit(store_ops.end_unservable(self.core.store, self.core.live_workers()).events)
-        self.core.request_release()
+        self.core.views_stale = False
+        if self.core.leading():
+            # With the live workers known, end what no host of theirs may ever take.
+            self._emit(store_ops.end_unservable(self.core.store, self.core.live_workers()).events)
+            self.core.request_release()

@@ -10,7 +10,8 @@ The work lives in private modules beside this one, re-exported here so that call
 `services.scheduler.store` alone: models (the tables, their states and shared lookups),
 readiness (dependencies and a job's end), submit, release (the release pass's reads and marks),
 attempts (claim, renew, finish, hand back, lease expiry), control (cancel, retry, pause, resume,
-priority, requeue, aging) and reads (get_job, list_jobs, get_task, why).
+priority, requeue, aging) and reads (get_job, list_jobs, get_task, why); leadership holds the
+leader lease's table and its reads and changes.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from services.scheduler.control import (
     retry_task,
     set_job_priority,
 )
+from services.scheduler.leadership import LeaderLease
 from services.scheduler.models import (
     ACTIVE_TASK_STATES,
     AUDIT,
@@ -74,6 +76,7 @@ from services.scheduler.release import (
     end_unservable,
     excluded_hosts,
     exclusion_reason,
+    last_served,
     licences_of,
     mark_dispatched,
     needs_of,
@@ -95,6 +98,7 @@ __all__ = [
     "FINAL_TASK_STATES",
     "Job",
     "JobState",
+    "LeaderLease",
     "OUT_OF_MEMORY",
     "Outcome",
     "SchedulerTable",
@@ -123,6 +127,7 @@ __all__ = [
     "held_reason",
     "job_counts",
     "job_finished_event",
+    "last_served",
     "licences_of",
     "list_jobs",
     "mark_dispatched",

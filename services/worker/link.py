@@ -25,10 +25,11 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueue
 
 from services.worker import outbox
+from services.worker.broker import BrokerNodes
 from services.worker.control import Obedience
 from services.worker.rpc import AsyncRpcClient, RpcUnavailable, ServiceUnknown
 from shared import events
-from shared.bands import REPORTS_QUEUE, queue_name
+from shared.bands import REPORTS_QUEUE, queue_arguments, queue_name
 from shared.config import Settings
 from shared.credentials import worker_credential
 from shared.errors import StaleLease
@@ -76,9 +77,10 @@ class FarmLink:
     async def _stay_connected(self) -> None:
         """Connect, set up, and reconnect with backoff whenever the broker goes away."""
         delay = 0.2
+        brokers = BrokerNodes(self.settings.amqp_uris)
         while not self._stopped.is_set():
             try:
-                connection = await aio_pika.connect(self.settings.amqp_uri, timeout=10)
+                connection = await brokers.connect(timeout=10)
             except Exception as exc:
                 log.warning("cannot reach the broker (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
@@ -108,11 +110,16 @@ class FarmLink:
         self._rpc = AsyncRpcClient(connection, token=worker_credential(self.settings))
         await self._rpc.start()
         self._reports = await connection.channel(publisher_confirms=True)
-        await self._reports.declare_queue(REPORTS_QUEUE, durable=True)
+        arguments = queue_arguments(self.settings.queue_type)
+        await self._reports.declare_queue(REPORTS_QUEUE, durable=True, arguments=arguments)
         self._channel = await connection.channel(publisher_confirms=False)
-        await self._channel.set_qos(prefetch_count=1, global_=True)
+        # One message at a time across every band queue: RabbitMQ applies a global prefetch to
+        # classic queues only. Each quorum queue's consumer may then hold one: the worker takes
+        # the first and puts the others back (services.worker.main).
+        await self._channel.set_qos(prefetch_count=1,
+                                    global_=self.settings.queue_type == "classic")
         self._queues = [await self._channel.declare_queue(queue_name(self.pool, band),
-                                                          durable=True)
+                                                          durable=True, arguments=arguments)
                         for band in self.bands]
         await self._listen_for_cancels(connection)
         # Renewals and finish reports need the scheduler alone: they flow from here on, however

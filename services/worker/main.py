@@ -186,6 +186,14 @@ class Worker(FarmLink):
     async def _stop_consuming_then_ack(self, message: AbstractIncomingMessage) -> None:
         await self._stop_consuming()
         await _settle(message.ack())
+        await self._put_back_inbox()
+
+    async def _put_back_inbox(self) -> None:
+        """Give back what else came before the consumers stopped (on quorum queues each band's
+        consumer may hold one), rather than hold it through the payload."""
+        await asyncio.sleep(0)  # a delivery already received reaches the inbox first
+        while not self._inbox.empty():
+            await _settle(self._inbox.get_nowait().reject(requeue=True))
 
     async def _on_held(self, held: bool) -> None:
         """The licences held for the worker's life came or went: take work, or stop taking it."""
@@ -267,6 +275,7 @@ class Worker(FarmLink):
             return False
         await self._stop_consuming()
         await _settle(message.reject(requeue=True))
+        await self._put_back_inbox()
         await wait_for_room(settings.storage_root, settings.storage_min_free_bytes,
                             settings.heartbeat_seconds, self._draining)
         if not self._draining.is_set():

@@ -30,7 +30,7 @@ from shared.bands import REPORTS_QUEUE, queue_name
 from tests.chaos.ledger import Verdict, judge, lives, read_ledger
 from tests.farm import CONFIG, Farm
 from tests.proxy import TcpProxy
-from tests.rabbit import RabbitNode
+from tests.rabbit import RabbitCluster, RabbitNode
 
 PAYLOAD = Path(__file__).resolve().parent / "payload.py"
 SERVICES = ("registry", "scheduler", "resource_negotiator", "license", "cleanup")
@@ -45,16 +45,17 @@ MEMORY_HOG = ("import time; hog = bytearray(256 << 20); hog[::4096] = b'x' * len
 class ChaosRun:
     """One farm under faults: start it, put work through it, break things, judge the outcome."""
 
-    def __init__(self, directory: Path, node: RabbitNode, seed: int, workers: int = 3,
-                 database_url: str | None = None, storage_root: Path | None = None,
-                 pool: bool = False) -> None:
+    def __init__(self, directory: Path, node: RabbitNode | RabbitCluster, seed: int,
+                 workers: int = 3, database_url: str | None = None,
+                 storage_root: Path | None = None, pool: bool = False, schedulers: int = 1,
+                 scheduler_env: Callable[[int], dict[str, str]] | None = None) -> None:
         self.directory = directory
         self.node = node
         self.seed = seed
         self.random = random.Random(seed)
         self.vhost = f"chaos-{uuid.uuid4().hex[:8]}"
         node.add_vhost(self.vhost)
-        self.farm = Farm(directory, f"{node.uri}{self.vhost}", self.vhost, ctl=node.ctl)
+        self.farm = Farm(directory, node.vhost_uri(self.vhost), self.vhost, ctl=node.ctl)
         self.farm.env["CORRAL_LICENCES"] = json.dumps({LICENCE: {"count": 2}})
         self.farm.env["CORRAL_LOG_MAX_BYTES"] = str(1 << 20)  # a flood meets the cap
         self.farm.env["CORRAL_LOG_HEAD_BYTES"] = str(64 << 10)
@@ -72,6 +73,9 @@ class ChaosRun:
                 self.farm.env[f"CORRAL_{name}_DB"] = database_url
         self.ledger = directory / "ledger.jsonl"
         self.worker_count = workers
+        self.scheduler_count = schedulers
+        # Variables of the nth scheduler instance (from 1), e.g. a name of its own.
+        self.scheduler_env = scheduler_env or (lambda number: {})
         self.workers: list[str] = []   # process names of the live workers
         self.jobs: list[int] = []
         self.injected: list[str] = []
@@ -81,8 +85,10 @@ class ChaosRun:
     def start(self) -> ChaosRun:
         """Every service at once (any order is one a restart can give), then the workers."""
         for service in SERVICES:
-            self.farm._spawn(service, [sys.executable, "-m", "nameko", "run", "--config",
-                                       str(CONFIG), f"services.{service}"])
+            self._spawn_service(service, service, self.scheduler_env(1)
+                                if service == "scheduler" else None)
+        for number in range(2, self.scheduler_count + 1):
+            self._spawn_service(f"scheduler-{number}", "scheduler", self.scheduler_env(number))
         self.farm.wait_for(self._services_ready, 60, "the services to start")
         if self.pool:
             self.start_pool()
@@ -114,14 +120,25 @@ class ChaosRun:
         if workers:
             self.random.choice(workers).kill()
 
+    def _spawn_service(self, name: str, service: str, env: dict[str, str] | None) -> None:
+        self.farm._spawn(name, [sys.executable, "-m", "nameko", "run", "--config", str(CONFIG),
+                                f"services.{service}"], env)
+        self.farm.modules[name] = service
+
     def _services_ready(self) -> bool:
         out = self.farm.ctl("list_queues", "-p", self.vhost, "name", "consumers", "--quiet")
-        consumed = {line.split()[0] for line in out.splitlines()
-                    if len(line.split()) >= 2 and line.split()[1] != "0"}
-        return all(f"rpc-{service}" in consumed for service in SERVICES)
+        consumers = {line.split()[0]: int(line.split()[1]) for line in out.splitlines()
+                     if len(line.split()) >= 2 and line.split()[1].isdigit()}
+        return all(consumers.get(f"rpc-{service}", 0) >= (
+            self.scheduler_count if service == "scheduler" else 1) for service in SERVICES)
 
     def add_worker(self) -> None:
-        """A worker reaching the broker through a proxy of its own (see `cut_off_worker`)."""
+        """A worker reaching the broker through a proxy of its own (see `cut_off_worker`); on
+        a cluster, straight to its nodes (it fails over between them itself)."""
+        if not isinstance(self.node, RabbitNode):
+            self.farm.start_worker()
+            self.workers.append(f"worker-{self.farm._counter}")
+            return
         broker = f"127.0.0.1:{self.node.port}"
         proxy = self.proxies.enter_context(TcpProxy(broker))
         self.farm.start_worker(env={"CORRAL_AMQP_URI": self.farm.amqp_uri.replace(
@@ -130,9 +147,11 @@ class ChaosRun:
         self.workers.append(name)
         self.proxy_of[name] = proxy
 
-    def submit(self, tasks: int, shortest: float = 0.1, longest: float = 1.0) -> list[int]:
-        """Ledger payloads in two jobs, a third of them holding a licence seat; failures they
-        do not cause themselves are retried. A tenth of the payloads are hostile."""
+    def submit(self, tasks: int, shortest: float = 0.1, longest: float = 1.0,
+               **spec: Any) -> list[int]:
+        """Ledger payloads in two jobs (`spec` adds to their specs: a priority, say), a third
+        of them holding a licence seat; failures they do not cause themselves are retried. A
+        tenth of the payloads are hostile."""
         durations = [round(self.random.uniform(shortest, longest), 2) for _ in range(tasks)]
         seated = max(1, tasks // 3)
         submitted = []
@@ -140,7 +159,7 @@ class ChaosRun:
             job = self.farm.submit(
                 [{"command": self._payload(seconds)} for seconds in part], name="chaos",
                 retry={"max_attempts": 20}, max_host_failures=1000,
-                **({"licences": licences} if licences else {}))
+                **({"licences": licences} if licences else {}), **spec)
             self.jobs.append(int(job["id"]))
             submitted.append(int(job["id"]))
         return submitted
@@ -167,6 +186,23 @@ class ChaosRun:
         time.sleep(self.random.uniform(0.2, 1.5))
         self.farm.start_service(service)
 
+    def leading_scheduler(self) -> str | None:
+        """The process name of the scheduler instance that leads now, as the instance answering
+        says; None while none does."""
+        leader = self.farm.rpc.scheduler.health()["leadership"]["leader"]
+        if leader is None:
+            return None
+        pid = int(leader.split("/")[1])
+        return next((name for name, process in self.farm.processes.items()
+                     if self.farm.modules.get(name) == "scheduler" and process.pid == pid
+                     and process.poll() is None), None)
+
+    def kill_leading_scheduler(self) -> str:
+        """kill -9 of the scheduler instance that leads (it is not started again); its name."""
+        name = self.farm.wait_for(self.leading_scheduler, 30, "a scheduler to lead")
+        self.farm.kill(name)
+        return str(name)
+
     def kill_worker(self) -> None:
         name = self.random.choice(self.workers)
         self.workers.remove(name)
@@ -176,7 +212,8 @@ class ChaosRun:
     def cut_off_worker(self, seconds: float) -> None:
         """A worker's connection blackholed while the process lives (a partition): no byte
         moves either way for `seconds`, then everything waiting flows again."""
-        proxy = self.proxy_of[self.random.choice(self.workers)]
+        proxy = self.proxy_of[self.random.choice([name for name in self.workers
+                                                  if name in self.proxy_of])]
         proxy.blackhole()
         time.sleep(seconds)
         proxy.restore()

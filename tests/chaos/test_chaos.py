@@ -75,6 +75,20 @@ def test_no_task_is_lost_or_run_twice_under_random_faults_combined(run: ChaosRun
     assert verdict.passed, verdict.details()
 
 
+def faults_in_turn(run: ChaosRun, faults: dict[str, Callable[[], None]], order: list[str],
+                   tasks: int = 30) -> None:
+    """Submit the work, inject the named faults in `order` at random moments, judge the run."""
+    try:
+        run.submit(tasks)
+        for name in order:
+            time.sleep(run.random.uniform(0.3, 1.5))
+            run.inject(name, faults[name])
+        verdict = run.verdict()
+    finally:
+        run.stop()
+    assert verdict.passed, verdict.details()
+
+
 def test_no_task_is_lost_or_run_twice_when_the_database_drops_connections_or_locks_a_table(
         chaos_dir: Path, node: RabbitNode, seed: int,
         new_postgres_database: Callable[[], str]) -> None:
@@ -82,16 +96,7 @@ def test_no_task_is_lost_or_run_twice_when_the_database_drops_connections_or_loc
     faults = {"database connections terminated": run.terminate_database_connections,
               # Past the farm's 3 s RPC timeout: claims, renewals and reports wait or fail.
               "task table locked past the RPC timeout": lambda: run.lock_task_table(4.0)}
-    try:
-        run.submit(30)
-        for name in ["database connections terminated", "task table locked past the RPC timeout",
-                     run.random.choice(sorted(faults))]:
-            time.sleep(run.random.uniform(0.3, 1.5))
-            run.inject(name, faults[name])
-        verdict = run.verdict()
-    finally:
-        run.stop()
-    assert verdict.passed, verdict.details()
+    faults_in_turn(run, faults, [*sorted(faults), run.random.choice(sorted(faults))])
 
 
 def test_no_task_is_lost_or_run_twice_when_the_storage_disk_fills_up(
@@ -99,27 +104,11 @@ def test_no_task_is_lost_or_run_twice_when_the_storage_disk_fills_up(
     """Logs cannot be written for a while: those attempts fail and are retried, workers live."""
     with mounted_tmpfs(chaos_dir / "storage", "200m") as storage:
         run = ChaosRun(chaos_dir, node, seed, storage_root=storage).start()
-        try:
-            run.submit(30)
-            for _ in range(2):
-                time.sleep(run.random.uniform(0.3, 1.5))
-                run.inject("disk full", lambda: run.fill_storage(2.0))
-            verdict = run.verdict()
-        finally:
-            run.stop()
-    assert verdict.passed, verdict.details()
+        faults_in_turn(run, {"disk full": lambda: run.fill_storage(2.0)}, ["disk full"] * 2)
 
 
 def test_no_task_is_lost_or_run_twice_when_the_pool_or_its_workers_are_killed(
         chaos_dir: Path, node: RabbitNode, seed: int) -> None:
     run = ChaosRun(chaos_dir, node, seed, pool=True).start()
     faults = {"kill -9 pool": run.kill_pool, "kill -9 a pool's worker": run.kill_pool_worker}
-    try:
-        run.submit(30)
-        for name in ["kill -9 pool", "kill -9 a pool's worker", run.random.choice(sorted(faults))]:
-            time.sleep(run.random.uniform(0.3, 1.5))
-            run.inject(name, faults[name])
-        verdict = run.verdict()
-    finally:
-        run.stop()
-    assert verdict.passed, verdict.details()
+    faults_in_turn(run, faults, [*sorted(faults), run.random.choice(sorted(faults))])

@@ -1,6 +1,7 @@
 """`corral health` against a real farm: a running service answers, a stopped or absent one is
 reported unhealthy within the timeout, and a pool is healthy while its host has a live worker."""
 
+import re
 import subprocess
 import sys
 
@@ -12,10 +13,14 @@ from tests.farm import CONFIG, ROOT, Farm
 pytestmark = pytest.mark.integration
 
 
-def corral_health(farm: Farm, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "services.cli", "health", *args],
+def corral(farm: Farm, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "services.cli", *args],
                           env={**farm.env, "CORRAL_CONFIG": str(CONFIG)}, cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
+
+
+def corral_health(farm: Farm, *args: str) -> subprocess.CompletedProcess[str]:
+    return corral(farm, "health", *args)
 
 
 def test_each_running_service_answers_its_health_question(farm: Farm) -> None:
@@ -58,3 +63,30 @@ def test_pool_health_follows_the_live_workers_of_its_host(farm: Farm) -> None:
     elsewhere = corral_health(farm, "pool", "--host", "render-08")
     assert elsewhere.returncode == 1
     assert "no live worker on host 'render-08'" in elsewhere.stderr
+
+
+def test_with_two_schedulers_health_names_the_leader_and_the_standby_takes_over(
+        farm: Farm) -> None:
+    farm.env["CORRAL_LEADER_LEASE_SECONDS"] = "2"
+    farm.start_service("registry")
+    farm.start_service("scheduler", {"CORRAL_INSTANCE_NAME": "first"})
+    farm.start_service("scheduler", {"CORRAL_INSTANCE_NAME": "second"}, name="scheduler-2")
+    leader = re.compile(r"instance (first|second)/\d+/\w+ is the leader \(term (\d+)\)")
+    standby = re.compile(r"instance second/\d+/\w+ is the standby; first/\d+/\w+ leads")
+
+    def said(*args: str) -> str:
+        done = corral(farm, *args)
+        assert done.returncode == 0, done.stderr
+        return " ".join(done.stdout.split())  # as one line, however the terminal wraps it
+
+    for _ in range(4):  # each call is answered by either instance
+        answer = said("health", "scheduler")
+        leads = leader.search(answer)
+        assert (leads is not None and leads.groups() == ("first", "1")) or standby.search(
+            answer), answer
+    farm.kill("scheduler")
+    took_over = farm.wait_for(lambda: leader.search(said("health", "scheduler")), 15,
+                              "the second scheduler to lead")
+    assert took_over.group(1) == "second" and int(took_over.group(2)) >= 2
+    status = said("status")
+    assert re.search(r"scheduler: instance second/\d+/\w+ is the leader", status), status

@@ -39,9 +39,11 @@ def test_each_setting_is_read_from_the_path_the_reference_gives(field: str) -> N
     node = raw
     for key in parents:
         node = node.setdefault(key, {})  # type: ignore[assignment]
-    node[leaf] = f"sqlite:///marked-{field}.db"
+    # A value of the setting's own kind: the broker's is an AMQP URL, the others database URLs.
+    marked = "amqp://marked@amqp_uri/" if field == "amqp_uri" else f"sqlite:///marked-{field}.db"
+    node[leaf] = marked
     settings = settings_from_mapping(raw, base_dir=Path("/"))
-    assert getattr(settings, field) == f"sqlite:///marked-{field}.db"
+    assert getattr(settings, field) == marked
 
 
 def test_check_fails_on_an_outdated_reference_and_passes_on_a_current_one(tmp_path: Path) -> None:

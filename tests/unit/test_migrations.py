@@ -352,7 +352,8 @@ def test_a_migration_logs_one_line_per_revision_and_alembic_stays_quiet(
         ("corral.migrations", "scheduler database: migrated to revision 0005"),
         ("corral.migrations", "scheduler database: migrated to revision 0006"),
         ("corral.migrations", "scheduler database: migrated to revision 0007"),
-        ("corral.migrations", "scheduler database: migrated to revision 0008")]
+        ("corral.migrations", "scheduler database: migrated to revision 0008"),
+        ("corral.migrations", "scheduler database: migrated to revision 0009")]
 
 
 # --- downgrades, kept where trivial ------------------------------------------------------------

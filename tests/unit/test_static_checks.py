@@ -19,7 +19,9 @@ STRICT = ["shared", "web", "services/scheduler/stats.py", "services/scheduler/di
           # a payload's run, its supervisor and the late reports of its end
           "services/worker/process.py", "services/worker/supervisor.py",
           "services/worker/leftovers.py", "services/worker/outbox.py",
-          "services/common/entrypoints.py"]
+          "services/common/entrypoints.py",
+          # which of several scheduler instances acts
+          "services/scheduler/leadership.py"]
 
 
 def run(*argv: str) -> subprocess.CompletedProcess[str]:
