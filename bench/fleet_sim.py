@@ -122,14 +122,6 @@ class SimWorker(FarmLink):
         for queue in self._queues:
             self._consumer_tags.append((queue, await queue.consume(self._on_message)))
 
-    async def _stop_consuming(self) -> None:
-        tags, self._consumer_tags = self._consumer_tags, []
-        for queue, tag in tags:
-            try:
-                await queue.cancel(tag)
-            except Exception:  # the channel is already gone: so are its consumers
-                pass
-
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         body = json.loads(message.body)
         task_id, attempt = int(body["task_id"]), int(body["attempt"])

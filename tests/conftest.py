@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from tests.farm import AMQP_HOST, ROOT, create_vhost, delete_vhost, rabbitmqctl  # noqa: F401
+from tests.rabbit import RabbitNode
 
 FARM_DATABASES = ("sqlite", "postgresql")
 """What an integration test's farm can run on; the suite runs every such test on each."""
@@ -83,3 +84,12 @@ def outside(tmp_path: Path) -> Path:
     precious.mkdir()
     (precious / "keep.txt").write_text("not Corral's")
     return precious
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitNode]:
+    """A RabbitMQ node of the module's own (own name, ports and data folder), for tests that
+    restart, stop or cut their broker: never the machine's. Each test takes a vhost of it."""
+    instance = RabbitNode(tmp_path_factory.mktemp("rabbit")).start()
+    yield instance
+    instance.stop()

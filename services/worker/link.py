@@ -74,6 +74,15 @@ class FarmLink:
     def _drop_inbox(self) -> None:
         raise NotImplementedError
 
+    async def _stop_consuming(self) -> None:
+        """Cancel every band consumer; on a dead channel they are gone already."""
+        tags, self._consumer_tags = self._consumer_tags, []
+        for queue, tag in tags:
+            try:
+                await queue.cancel(tag)
+            except Exception:  # the channel is already gone: so are its consumers
+                pass
+
     async def _stay_connected(self) -> None:
         """Connect, set up, and reconnect with backoff whenever the broker goes away."""
         delay = 0.2

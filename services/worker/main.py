@@ -175,14 +175,6 @@ class Worker(FarmLink):
             tag = await queue.consume(self._inbox.put)
             self._consumer_tags.append((queue, tag))
 
-    async def _stop_consuming(self) -> None:
-        tags, self._consumer_tags = self._consumer_tags, []
-        for queue, tag in tags:
-            try:
-                await queue.cancel(tag)
-            except Exception:  # the channel is already gone: so are its consumers
-                pass
-
     async def _stop_consuming_then_ack(self, message: AbstractIncomingMessage) -> None:
         await self._stop_consuming()
         await _settle(message.ack())

@@ -1,18 +1,9 @@
-# The chaos suite's RabbitMQ node: one per module, each scenario on its own vhost of it.
+# The chaos suite's fixtures: each scenario's seed and folder. Its RabbitMQ node is
+# tests/conftest.py's `node`, one per module, each scenario on its own vhost of it.
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from tests.rabbit import RabbitNode
-
-
-@pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitNode]:
-    instance = RabbitNode(tmp_path_factory.mktemp("rabbit")).start()
-    yield instance
-    instance.stop()
 
 
 @pytest.fixture

@@ -52,14 +52,6 @@ def assert_nothing_restarted(run: ChaosRun) -> None:
     assert not exited, f"processes that ended: {exited}"
 
 
-@pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitNode]:
-    """One node for the module's single-node tests, each on a vhost (or queues) of its own."""
-    instance = RabbitNode(tmp_path_factory.mktemp("rabbit")).start()
-    yield instance
-    instance.stop()
-
-
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[RabbitCluster]:
     instance = RabbitCluster(tmp_path / "cluster").start()
