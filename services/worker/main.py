@@ -19,6 +19,7 @@ import uuid
 from enum import StrEnum
 from typing import Any
 
+import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueue
 
 from services.worker import leftovers
@@ -171,9 +172,15 @@ class Worker(FarmLink):
         if self._consumer_tags or self._channel is None or self._channel.is_closed \
                 or not self.control.takes_work or not self.held.ready:
             return
-        for queue in self._queues:
-            tag = await queue.consume(self._inbox.put)
-            self._consumer_tags.append((queue, tag))
+        try:
+            for queue in self._queues:
+                tag = await queue.consume(self._inbox.put)
+                self._consumer_tags.append((queue, tag))
+        except (aio_pika.exceptions.AMQPError, aio_pika.exceptions.ChannelInvalidStateError,
+                ConnectionError) as exc:
+            # The connection went between the check and the call: reconnecting consumes again.
+            log.warning("could not consume (%s); the reconnect will", exc)
+            self._consumer_tags.clear()
 
     async def _stop_consuming_then_ack(self, message: AbstractIncomingMessage) -> None:
         await self._stop_consuming()
